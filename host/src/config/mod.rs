@@ -1,0 +1,485 @@
+//! The pipeline file: YAML text -> a typed, validated [`PipelineConfig`].
+//!
+//! Every error names the file, and the line and column where one exists, and all of them are
+//! reported together, before anything starts.
+
+mod env;
+mod spans;
+
+use std::{
+    collections::{HashMap, HashSet},
+    fmt,
+    path::{Path, PathBuf},
+};
+
+use indexmap::IndexMap;
+use serde::{Deserialize, Serialize};
+
+pub use spans::Spans;
+
+/// One problem found in a pipeline file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Diagnostic {
+    pub file: PathBuf,
+    /// Line and column, 1-based, where the problem is.
+    pub position: Option<(usize, usize)>,
+    pub message: String,
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.position {
+            Some((line, column)) => write!(
+                f,
+                "{}:{line}:{column}: {}",
+                self.file.display(),
+                self.message
+            ),
+            None => write!(f, "{}: {}", self.file.display(), self.message),
+        }
+    }
+}
+
+/// Why a pipeline could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read pipeline file {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}", join_lines(.0))]
+    Invalid(Vec<Diagnostic>),
+}
+
+fn join_lines(diagnostics: &[Diagnostic]) -> String {
+    diagnostics
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// A pipeline, as written in its file.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineConfig {
+    #[serde(default)]
+    pub plugins: PluginsConfig,
+    pub sources: IndexMap<String, SourceConfig>,
+    pub stages: IndexMap<String, StageConfig>,
+    #[serde(default)]
+    pub runtime: RuntimeConfig,
+    #[serde(default)]
+    pub monitoring: MonitoringConfig,
+    /// The file this was read from; paths in it are relative to the working directory.
+    #[serde(skip)]
+    pub file: PathBuf,
+    #[serde(skip)]
+    pub spans: Spans,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginsConfig {
+    /// Files or directories to load stage libraries from.
+    #[serde(default)]
+    pub paths: Vec<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SourceType {
+    Zmq,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SocketKind {
+    Pull,
+    Sub,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Decode {
+    /// Each message is a JSON object; its keys become the record's fields.
+    Json,
+    /// Each message becomes a record with one field, `message` (a string, or bytes when it is
+    /// not UTF-8).
+    Raw,
+}
+
+/// A message source. Only ZeroMQ exists today; `type` leaves room for more.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    #[serde(rename = "type")]
+    pub kind: SourceType,
+    pub socket: SocketKind,
+    pub bind: Option<String>,
+    pub connect: Option<String>,
+    /// Topic prefixes to subscribe to (`sub` only); empty subscribes to everything.
+    #[serde(default)]
+    pub topics: Vec<String>,
+    #[serde(default = "default_decode")]
+    pub decode: Decode,
+    /// Larger messages count as failed (`message_too_large`) and are not decoded.
+    #[serde(default = "default_max_message_bytes")]
+    pub max_message_bytes: usize,
+    /// At most this many messages go to the stages in one call.
+    #[serde(default = "default_batch_size")]
+    pub batch_size: usize,
+}
+
+fn default_decode() -> Decode {
+    Decode::Json
+}
+fn default_max_message_bytes() -> usize {
+    1 << 20
+}
+fn default_batch_size() -> usize {
+    1024
+}
+
+impl SourceConfig {
+    /// The endpoint, and whether the socket binds it (true) or connects to it.
+    pub fn endpoint(&self) -> (&str, bool) {
+        match (&self.bind, &self.connect) {
+            (Some(b), _) => (b, true),
+            (None, Some(c)) => (c, false),
+            (None, None) => ("", true),
+        }
+    }
+}
+
+/// One stage of the pipeline.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct StageConfig {
+    /// The stage type: a built-in stage or one offered by a loaded library.
+    pub plugin: String,
+    /// Sources or stages whose output this stage takes.
+    pub inputs: Vec<String>,
+    /// Handed to the stage as it is.
+    #[serde(default)]
+    pub config: serde_yaml::Value,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeConfig {
+    /// Batches each stage's input queue holds before its producers wait.
+    #[serde(default = "default_queue_capacity")]
+    pub queue_capacity: usize,
+}
+
+fn default_queue_capacity() -> usize {
+    8
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        RuntimeConfig {
+            queue_capacity: default_queue_capacity(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MonitoringMode {
+    Disabled,
+    #[default]
+    Direct,
+    EventDriven,
+}
+
+impl MonitoringMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MonitoringMode::Disabled => "disabled",
+            MonitoringMode::Direct => "direct",
+            MonitoringMode::EventDriven => "event_driven",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MonitoringConfig {
+    #[serde(default)]
+    pub mode: MonitoringMode,
+}
+
+impl PipelineConfig {
+    /// Reads, expands and parses `path`, and checks everything that needs no library.
+    pub fn load(path: &Path) -> Result<PipelineConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(path, &text, |name| std::env::var(name).ok())
+    }
+
+    /// Parses pipeline text; `file` is only used in messages.
+    pub fn parse(
+        file: &Path,
+        text: &str,
+        lookup: impl Fn(&str) -> Option<String>,
+    ) -> Result<PipelineConfig, ConfigError> {
+        let expanded = env::expand(text, lookup).map_err(|errors| {
+            ConfigError::Invalid(
+                errors
+                    .into_iter()
+                    .map(|e| Diagnostic {
+                        file: file.to_path_buf(),
+                        position: Some((e.line, e.column)),
+                        message: e.message,
+                    })
+                    .collect(),
+            )
+        })?;
+        let mut config: PipelineConfig = serde_yaml::from_str(&expanded).map_err(|e| {
+            let position = e.location().map(|l| (l.line(), l.column()));
+            let mut message = e.to_string();
+            if let Some(pos) = message.find(" at line ") {
+                message.truncate(pos);
+            }
+            ConfigError::Invalid(vec![Diagnostic {
+                file: file.to_path_buf(),
+                position,
+                message,
+            }])
+        })?;
+        config.file = file.to_path_buf();
+        config.spans = Spans::index(&expanded);
+        let diagnostics = config.check();
+        if diagnostics.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError::Invalid(diagnostics))
+        }
+    }
+
+    /// A diagnostic pointing at `path` in the file (or its nearest ancestor).
+    pub fn diagnostic(&self, path: &[&str], message: impl Into<String>) -> Diagnostic {
+        Diagnostic {
+            file: self.file.clone(),
+            position: self.spans.nearest(path),
+            message: message.into(),
+        }
+    }
+
+    /// The checks that need no library: sockets, names, inputs, cycles.
+    fn check(&self) -> Vec<Diagnostic> {
+        let mut out = Vec::new();
+        if self.sources.is_empty() {
+            out.push(self.diagnostic(&["sources"], "a pipeline needs at least one source"));
+        }
+        for (name, source) in &self.sources {
+            match (&source.bind, &source.connect) {
+                (Some(_), Some(_)) => out.push(self.diagnostic(
+                    &["sources", name, "connect"],
+                    format!("source `{name}`: set `bind` or `connect`, not both"),
+                )),
+                (None, None) => out.push(self.diagnostic(
+                    &["sources", name],
+                    format!("source `{name}`: needs `bind` or `connect`"),
+                )),
+                _ => {}
+            }
+            if source.socket != SocketKind::Sub && !source.topics.is_empty() {
+                out.push(self.diagnostic(
+                    &["sources", name, "topics"],
+                    format!("source `{name}`: `topics` only applies to `socket: sub`"),
+                ));
+            }
+            if source.batch_size == 0 {
+                out.push(self.diagnostic(
+                    &["sources", name, "batch_size"],
+                    "`batch_size` must be at least 1",
+                ));
+            }
+            if self.stages.contains_key(name) {
+                out.push(self.diagnostic(
+                    &["stages", name],
+                    format!("`{name}` names both a source and a stage"),
+                ));
+            }
+        }
+        if self.runtime.queue_capacity == 0 {
+            out.push(self.diagnostic(
+                &["runtime", "queue_capacity"],
+                "`queue_capacity` must be at least 1",
+            ));
+        }
+        for (name, stage) in &self.stages {
+            if stage.inputs.is_empty() {
+                out.push(self.diagnostic(
+                    &["stages", name, "inputs"],
+                    format!("stage `{name}` has no inputs"),
+                ));
+            }
+            let mut seen = HashSet::new();
+            for (i, input) in stage.inputs.iter().enumerate() {
+                let index = i.to_string();
+                let path = ["stages", name.as_str(), "inputs", index.as_str()];
+                if !self.sources.contains_key(input) && !self.stages.contains_key(input) {
+                    out.push(self.diagnostic(
+                        &path,
+                        format!("stage `{name}`: input `{input}` is neither a source nor a stage"),
+                    ));
+                } else if input == name {
+                    out.push(
+                        self.diagnostic(&path, format!("stage `{name}` takes its own output")),
+                    );
+                } else if !seen.insert(input) {
+                    out.push(self.diagnostic(
+                        &path,
+                        format!("stage `{name}`: input `{input}` is listed twice"),
+                    ));
+                }
+            }
+        }
+        if let Some(cycle) = self.find_cycle() {
+            let first = &cycle[0];
+            out.push(self.diagnostic(
+                &["stages", first, "inputs"],
+                format!("stages form a cycle: {} -> {first}", cycle.join(" -> ")),
+            ));
+        }
+        out
+    }
+
+    /// A cycle among the stages, as the list of stage names along it.
+    fn find_cycle(&self) -> Option<Vec<String>> {
+        #[derive(Clone, Copy, PartialEq)]
+        enum Mark {
+            New,
+            Active,
+            Done,
+        }
+        fn visit<'a>(
+            cfg: &'a PipelineConfig,
+            name: &'a str,
+            marks: &mut HashMap<&'a str, Mark>,
+            path: &mut Vec<&'a str>,
+        ) -> Option<Vec<String>> {
+            match marks.get(name).copied().unwrap_or(Mark::New) {
+                Mark::Done => return None,
+                Mark::Active => {
+                    let start = path.iter().position(|n| *n == name).unwrap_or(0);
+                    return Some(path[start..].iter().map(|s| s.to_string()).collect());
+                }
+                Mark::New => {}
+            }
+            marks.insert(name, Mark::Active);
+            path.push(name);
+            for input in &cfg.stages[name].inputs {
+                if input != name && cfg.stages.contains_key(input) {
+                    if let Some(cycle) = visit(cfg, input, marks, path) {
+                        return Some(cycle);
+                    }
+                }
+            }
+            path.pop();
+            marks.insert(name, Mark::Done);
+            None
+        }
+        let mut marks = HashMap::new();
+        for name in self.stages.keys() {
+            if let Some(mut cycle) = visit(self, name, &mut marks, &mut Vec::new()) {
+                // Walked along inputs; report in data-flow order.
+                cycle.reverse();
+                return Some(cycle);
+            }
+        }
+        None
+    }
+
+    /// The stage's `config` block as the JSON text handed to the stage.
+    pub fn stage_config_json(&self, stage: &str) -> Result<String, Diagnostic> {
+        let value = &self.stages[stage].config;
+        if value.is_null() {
+            return Ok("{}".into());
+        }
+        // Straight from the YAML value, so maps keep the order they were written in.
+        serde_json::to_string(value).map_err(|e| {
+            self.diagnostic(
+                &["stages", stage, "config"],
+                format!("stage `{stage}`: config cannot be handed to the stage: {e}"),
+            )
+        })
+    }
+
+    /// The names of the stages that take `name`'s output, in file order.
+    pub fn consumers_of<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.stages
+            .iter()
+            .filter(move |(_, s)| s.inputs.iter().any(|i| i == name))
+            .map(|(n, _)| n.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<PipelineConfig, ConfigError> {
+        PipelineConfig::parse(Path::new("p.yaml"), text, |_| None)
+    }
+
+    fn messages(text: &str) -> Vec<String> {
+        match parse(text) {
+            Err(ConfigError::Invalid(d)) => d.iter().map(ToString::to_string).collect(),
+            other => panic!("expected diagnostics, got {other:?}"),
+        }
+    }
+
+    const GOOD: &str = "sources:\n  in: { type: zmq, socket: pull, bind: \"tcp://127.0.0.1:1\" }\nstages:\n  a: { plugin: passthrough, inputs: [in] }\n  b: { plugin: null, inputs: [a] }\n";
+
+    #[test]
+    fn a_good_file_parses_with_defaults() {
+        let cfg = parse(GOOD).unwrap();
+        assert_eq!(cfg.sources["in"].batch_size, 1024);
+        assert_eq!(cfg.sources["in"].max_message_bytes, 1 << 20);
+        assert_eq!(cfg.monitoring.mode, MonitoringMode::Direct);
+        assert_eq!(cfg.consumers_of("a").collect::<Vec<_>>(), ["b"]);
+        assert_eq!(cfg.stage_config_json("a").unwrap(), "{}");
+    }
+
+    #[test]
+    fn unknown_key_has_line_and_column() {
+        let m =
+            messages("sources:\n  in: { type: zmq, socket: pull, bind: x, bnid: y }\nstages: {}\n");
+        assert!(m[0].starts_with("p.yaml:2:"), "{m:?}");
+        assert!(m[0].contains("unknown field `bnid`"), "{m:?}");
+    }
+
+    #[test]
+    fn missing_input_and_cycle_are_located() {
+        let text = "sources:\n  in: { type: zmq, socket: pull, bind: x }\nstages:\n  a: { plugin: p, inputs: [in, c] }\n  b: { plugin: p, inputs: [nope] }\n  c: { plugin: p, inputs: [a] }\n";
+        let m = messages(text);
+        assert!(
+            m.iter()
+                .any(|l| l.starts_with("p.yaml:5:") && l.contains("`nope`")),
+            "{m:?}"
+        );
+        assert!(
+            m.iter()
+                .any(|l| l.contains("cycle") && l.contains("c -> a -> c")),
+            "{m:?}"
+        );
+    }
+
+    #[test]
+    fn unset_variable_is_located() {
+        let m = messages(
+            "sources:\n  in: { type: zmq, socket: pull, bind: \"${ENDPOINT}\" }\nstages: {}\n",
+        );
+        assert!(m[0].starts_with("p.yaml:2:"), "{m:?}");
+        assert!(m[0].contains("ENDPOINT"), "{m:?}");
+    }
+}

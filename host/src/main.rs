@@ -1,0 +1,291 @@
+//! The `host` binary: the CLI around the `host` library.
+
+use std::{path::PathBuf, process::ExitCode};
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use host::{
+    bench::{self, BenchOptions},
+    config::{ConfigError, MonitoringMode, PipelineConfig},
+    publish::{self, Publish, SendSocket},
+    registry::Registry,
+    topology::{self, build_topology},
+};
+use tokio::signal::unix::{signal, SignalKind};
+use tracing_subscriber::EnvFilter;
+
+/// Runs YAML pipelines of dynamically loaded stages over ZeroMQ.
+#[derive(Parser)]
+#[command(version, args_conflicts_with_subcommands = true)]
+struct Cli {
+    /// The pipeline to run.
+    #[arg(long, value_name = "FILE")]
+    pipeline: Option<PathBuf>,
+    /// Also write the final totals, as JSON, to this file on exit.
+    #[arg(long, value_name = "FILE")]
+    summary: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Loads every library and checks every stage config; prints the errors.
+    Validate {
+        #[arg(long, value_name = "FILE")]
+        pipeline: PathBuf,
+    },
+    /// Lists every stage type the host can find.
+    Plugins {
+        /// Look where this pipeline's `plugins.paths` say.
+        #[arg(long, value_name = "FILE", conflicts_with = "path")]
+        pipeline: Option<PathBuf>,
+        /// Look in these files or directories (default: next to the host binary).
+        #[arg(long, value_name = "PATH")]
+        path: Vec<PathBuf>,
+    },
+    /// Sends N generated JSON messages (id, level, sent_at, msg, value).
+    Publish {
+        #[arg(long, value_name = "ENDPOINT")]
+        to: String,
+        #[arg(long, default_value_t = 1000)]
+        count: u64,
+        /// Messages per second (default: as fast as the peer takes them).
+        #[arg(long)]
+        rate: Option<u64>,
+        #[arg(long, value_enum, default_value_t = SendSocket::Push)]
+        socket: SendSocket,
+        /// Bind the endpoint instead of connecting to it.
+        #[arg(long)]
+        bind: bool,
+    },
+    /// Measures raw ZeroMQ receive against the pipeline end to end, in one run.
+    Bench {
+        #[arg(long, value_name = "FILE", default_value = "pipelines/default.yaml")]
+        pipeline: PathBuf,
+        #[arg(long, default_value_t = 200_000)]
+        count: u64,
+        /// Monitoring modes to measure the pipeline in.
+        #[arg(long, value_delimiter = ',', default_value = "direct")]
+        modes: Vec<Mode>,
+        /// Rounds; each prints the median.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Mode {
+    Disabled,
+    Direct,
+    EventDriven,
+}
+
+impl From<Mode> for MonitoringMode {
+    fn from(m: Mode) -> Self {
+        match m {
+            Mode::Disabled => MonitoringMode::Disabled,
+            Mode::Direct => MonitoringMode::Direct,
+            Mode::EventDriven => MonitoringMode::EventDriven,
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Exit status for a pipeline that is invalid (as opposed to one that failed to run).
+const INVALID: u8 = 2;
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("host-rt")
+        .build()
+        .context("cannot start the async runtime")?;
+    match cli.command {
+        None => {
+            let Some(pipeline) = cli.pipeline else {
+                anyhow::bail!("nothing to do: pass --pipeline FILE, or see --help");
+            };
+            runtime.block_on(run_pipeline(pipeline, cli.summary))
+        }
+        Some(Command::Validate { pipeline }) => Ok(validate(&pipeline)),
+        Some(Command::Plugins { pipeline, path }) => plugins(pipeline, path),
+        Some(Command::Publish {
+            to,
+            count,
+            rate,
+            socket,
+            bind,
+        }) => {
+            let opts = Publish {
+                endpoint: to,
+                count,
+                rate,
+                socket,
+                bind,
+                progress: true,
+            };
+            runtime.block_on(publish::publish(&opts))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(Command::Bench {
+            pipeline,
+            count,
+            modes,
+            rounds,
+        }) => {
+            let opts = BenchOptions {
+                pipeline,
+                count,
+                modes: modes.into_iter().map(Into::into).collect(),
+                rounds: rounds.max(1),
+            };
+            runtime.block_on(bench::run(opts))?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Prints config errors one per line; `Ok(None)` when there were some.
+fn report(result: Result<PipelineConfig, ConfigError>) -> anyhow::Result<Option<PipelineConfig>> {
+    match result {
+        Ok(cfg) => Ok(Some(cfg)),
+        Err(ConfigError::Invalid(diagnostics)) => {
+            for d in diagnostics {
+                eprintln!("error: {d}");
+            }
+            Ok(None)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn load_registry(cfg: &PipelineConfig) -> Registry {
+    let registry = Registry::load(&cfg.plugins.paths);
+    for refused in &registry.refused {
+        tracing::warn!("library refused: {refused}");
+    }
+    for (name, path) in &registry.shadowed {
+        tracing::warn!(stage = %name, library = %path.display(), "stage name already taken; this library's stage is ignored");
+    }
+    registry
+}
+
+fn validate(pipeline: &std::path::Path) -> ExitCode {
+    let cfg = match report(PipelineConfig::load(pipeline)) {
+        Ok(Some(cfg)) => cfg,
+        Ok(None) => return ExitCode::from(INVALID),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::from(INVALID);
+        }
+    };
+    let registry = load_registry(&cfg);
+    let diagnostics = topology::check(&cfg, &registry);
+    if diagnostics.is_empty() {
+        println!(
+            "{}: ok ({} sources, {} stages)",
+            pipeline.display(),
+            cfg.sources.len(),
+            cfg.stages.len()
+        );
+        ExitCode::SUCCESS
+    } else {
+        for d in diagnostics {
+            eprintln!("error: {d}");
+        }
+        ExitCode::from(INVALID)
+    }
+}
+
+fn plugins(pipeline: Option<PathBuf>, mut paths: Vec<PathBuf>) -> anyhow::Result<ExitCode> {
+    if let Some(p) = pipeline {
+        match report(PipelineConfig::load(&p))? {
+            Some(cfg) => paths = cfg.plugins.paths,
+            None => return Ok(ExitCode::from(INVALID)),
+        }
+    } else if paths.is_empty() {
+        let exe = std::env::current_exe().context("cannot find the host binary's directory")?;
+        paths.extend(exe.parent().map(PathBuf::from));
+    }
+    let registry = Registry::load(&paths);
+    println!(
+        "{:<20} {:<10} {:<10} {:<8} library",
+        "stage", "kind", "version", "api"
+    );
+    for ty in registry.iter() {
+        let (version, api) = ty.versions();
+        println!(
+            "{:<20} {:<10} {:<10} {:<8} {}",
+            ty.name,
+            ty.kind.as_str(),
+            version,
+            api,
+            ty.origin()
+        );
+    }
+    for refused in &registry.refused {
+        println!("refused: {refused}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn run_pipeline(pipeline: PathBuf, summary: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let Some(cfg) = report(PipelineConfig::load(&pipeline))? else {
+        return Ok(ExitCode::from(INVALID));
+    };
+    let registry = load_registry(&cfg);
+    let topology = match build_topology(cfg, &registry) {
+        Ok(t) => t,
+        Err(e) => {
+            report(Err(e))?;
+            return Ok(ExitCode::from(INVALID));
+        }
+    };
+    let running = topology
+        .start()
+        .await
+        .context("the pipeline could not start")?;
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigusr1 = signal(SignalKind::user_defined1())?;
+    loop {
+        tokio::select! {
+            _ = sigint.recv() => break,
+            _ = sigterm.recv() => break,
+            _ = sigusr1.recv() => running.monitor.log_totals("SIGUSR1"),
+        }
+    }
+    tracing::info!("stopping: draining accepted messages (signal again to exit at once)");
+    let monitor = running.monitor.clone();
+    let drain = running.shutdown();
+    tokio::pin!(drain);
+    let snapshot = tokio::select! {
+        snapshot = &mut drain => snapshot,
+        _ = sigint.recv() => { monitor.log_totals("forced exit"); return Ok(ExitCode::FAILURE) }
+        _ = sigterm.recv() => { monitor.log_totals("forced exit"); return Ok(ExitCode::FAILURE) }
+    };
+    monitor.log_totals("shutdown");
+    if let Some(path) = summary {
+        let json = serde_json::to_string_pretty(&snapshot)?;
+        std::fs::write(&path, json)
+            .with_context(|| format!("cannot write summary to {}", path.display()))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,164 @@
+//! One lookup, by name, for every stage type: the host's built-in stages (collected through
+//! `inventory`) and those offered by loaded libraries.
+
+use std::path::{Path, PathBuf};
+
+use abi_stable::std_types::{RResult, RStr, RString};
+use indexmap::IndexMap;
+use plugin_api::{HostContext, StageBox, StageKind};
+
+use crate::loader::{self, LoadError, LoadedLibrary};
+
+/// A stage type compiled into the host. Register one with `inventory::submit!`.
+pub struct BuiltinStage {
+    pub name: &'static str,
+    pub kind: StageKind,
+    pub check: fn(RStr<'_>) -> RResult<(), RString>,
+    pub build: fn(RStr<'_>, RStr<'_>, Option<HostContext>) -> RResult<StageBox, RString>,
+}
+
+inventory::collect!(BuiltinStage);
+
+/// Where a stage type comes from.
+#[derive(Clone)]
+pub enum Provider {
+    Builtin(&'static BuiltinStage),
+    Library(LoadedLibrary),
+}
+
+/// A stage type, as `host plugins` lists it.
+#[derive(Clone)]
+pub struct StageType {
+    pub name: String,
+    pub kind: StageKind,
+    pub provider: Provider,
+}
+
+impl StageType {
+    /// The library file, or `built-in`.
+    pub fn origin(&self) -> String {
+        match &self.provider {
+            Provider::Builtin(_) => "built-in".into(),
+            Provider::Library(lib) => lib.path.display().to_string(),
+        }
+    }
+
+    /// (library version, plugin-api version)
+    pub fn versions(&self) -> (String, String) {
+        match &self.provider {
+            Provider::Builtin(_) => (
+                env!("CARGO_PKG_VERSION").into(),
+                plugin_api::API_VERSION.into(),
+            ),
+            Provider::Library(lib) => (
+                lib.manifest.version.to_string(),
+                lib.manifest.api_version.to_string(),
+            ),
+        }
+    }
+
+    pub fn library_path(&self) -> Option<&Path> {
+        match &self.provider {
+            Provider::Builtin(_) => None,
+            Provider::Library(lib) => Some(&lib.path),
+        }
+    }
+
+    /// Checks a config (JSON text) without building the stage.
+    pub fn check_config(&self, config_json: &str) -> Result<(), String> {
+        let result = match &self.provider {
+            Provider::Builtin(b) => (b.check)(RStr::from_str(config_json)),
+            Provider::Library(lib) => {
+                (lib.module.check_config())(RStr::from_str(&self.name), RStr::from_str(config_json))
+            }
+        };
+        result.into_result().map_err(String::from)
+    }
+
+    /// Builds an instance named `instance`.
+    pub fn build(
+        &self,
+        instance: &str,
+        config_json: &str,
+        host: HostContext,
+    ) -> Result<StageBox, String> {
+        let result = match &self.provider {
+            // Built-in stages log through the host's own subscriber; they need no context.
+            Provider::Builtin(b) => (b.build)(
+                RStr::from_str(instance),
+                RStr::from_str(config_json),
+                Some(host),
+            ),
+            Provider::Library(lib) => (lib.module.new_stage())(
+                RStr::from_str(&self.name),
+                RStr::from_str(instance),
+                RStr::from_str(config_json),
+                host,
+            ),
+        };
+        result.into_result().map_err(String::from)
+    }
+}
+
+/// Every stage type the host can run, by name.
+pub struct Registry {
+    types: IndexMap<String, StageType>,
+    /// Libraries that were refused, with the reason.
+    pub refused: Vec<LoadError>,
+    /// Stage names offered twice; the first one found wins.
+    pub shadowed: Vec<(String, PathBuf)>,
+}
+
+impl Registry {
+    /// The built-in stages plus those of every library under `paths`.
+    pub fn load(paths: &[PathBuf]) -> Registry {
+        let mut types = IndexMap::new();
+        for b in inventory::iter::<BuiltinStage> {
+            types.insert(
+                b.name.to_string(),
+                StageType {
+                    name: b.name.to_string(),
+                    kind: b.kind,
+                    provider: Provider::Builtin(b),
+                },
+            );
+        }
+        let report = loader::load_paths(paths);
+        let mut shadowed = Vec::new();
+        for lib in report.libraries {
+            for info in lib.manifest.stages.iter() {
+                let name = info.name.to_string();
+                if types.contains_key(&name) {
+                    shadowed.push((name, lib.path.clone()));
+                    continue;
+                }
+                types.insert(
+                    name.clone(),
+                    StageType {
+                        name,
+                        kind: info.kind,
+                        provider: Provider::Library(lib.clone()),
+                    },
+                );
+            }
+        }
+        Registry {
+            types,
+            refused: report.refused,
+            shadowed,
+        }
+    }
+
+    pub fn get(&self, name: &str) -> Option<&StageType> {
+        self.types.get(name)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &StageType> {
+        self.types.values()
+    }
+
+    /// Names, for "did you mean" style messages.
+    pub fn names(&self) -> Vec<&str> {
+        self.types.keys().map(String::as_str).collect()
+    }
+}

@@ -1,0 +1,82 @@
+//! Sources: where messages enter the pipeline. Each source decodes messages into records and
+//! sends them on in batches.
+
+pub mod zmq;
+
+use abi_stable::std_types::RVec;
+use plugin_api::{Field, Record, RecordMeta, Value};
+
+use crate::config::Decode;
+
+/// Why a message could not become a record. Each is counted as a failed message under its
+/// own error type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DecodeError {
+    TooLarge,
+    InvalidUtf8,
+    InvalidJson,
+    NotAnObject,
+}
+
+impl DecodeError {
+    pub fn error_type(self) -> &'static str {
+        match self {
+            DecodeError::TooLarge => "message_too_large",
+            DecodeError::InvalidUtf8 => "invalid_utf8",
+            DecodeError::InvalidJson => "invalid_json",
+            DecodeError::NotAnObject => "not_an_object",
+        }
+    }
+}
+
+/// Turns one message payload into a record (its `meta` is filled in by the caller).
+pub fn decode(payload: &[u8], decode: Decode, max_bytes: usize) -> Result<Record, DecodeError> {
+    if payload.len() > max_bytes {
+        return Err(DecodeError::TooLarge);
+    }
+    match decode {
+        Decode::Json => {
+            let text = std::str::from_utf8(payload).map_err(|_| DecodeError::InvalidUtf8)?;
+            serde_json::from_str::<Record>(text).map_err(|e| match e.classify() {
+                serde_json::error::Category::Data => DecodeError::NotAnObject,
+                _ => DecodeError::InvalidJson,
+            })
+        }
+        Decode::Raw => {
+            let value = match std::str::from_utf8(payload) {
+                Ok(text) => Value::Str(text.into()),
+                Err(_) => Value::Bytes(payload.into()),
+            };
+            let mut fields = RVec::with_capacity(1);
+            fields.push(Field::new("message", value));
+            Ok(Record::new(RecordMeta::default(), fields))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_bad_message_has_its_own_error_type() {
+        let d = |p: &[u8]| {
+            decode(p, Decode::Json, 64)
+                .map(|_| ())
+                .map_err(DecodeError::error_type)
+        };
+        assert_eq!(d(br#"{"a":1}"#), Ok(()));
+        assert_eq!(d(b"{\"a\":\"\xff\"}"), Err("invalid_utf8"));
+        assert_eq!(d(b"{\"a\":"), Err("invalid_json"));
+        assert_eq!(d(b"[1,2]"), Err("not_an_object"));
+        assert_eq!(d(&[b' '; 65]), Err("message_too_large"));
+    }
+
+    #[test]
+    fn raw_keeps_text_or_bytes() {
+        let r = decode(b"hello", Decode::Raw, 64).unwrap();
+        assert_eq!(r.get("message").and_then(Value::as_str), Some("hello"));
+        let r = decode(b"\xff", Decode::Raw, 64).unwrap();
+        assert!(matches!(r.get("message"), Some(Value::Bytes(_))));
+    }
+}

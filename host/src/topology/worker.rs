@@ -1,0 +1,106 @@
+//! One stage's worker: takes batches from its queue, calls the stage, settles what the stage
+//! decided, and passes the rest on. Runs on its own thread: stage calls are synchronous and
+//! may block (an exporter writing a file) without stalling the async runtime.
+
+use std::sync::Arc;
+
+use abi_stable::std_types::{RErr, ROk};
+use plugin_api::{Batch, StageBox, StageKind};
+use tokio::sync::mpsc;
+
+use crate::{
+    accounting::Envelope,
+    coordinator::Coordinator,
+    monitor::{CallOutcome, StageStats},
+    source::zmq::fail_all,
+};
+
+pub struct Worker {
+    pub name: String,
+    pub kind: StageKind,
+    pub stage: StageBox,
+    pub coordinator: Coordinator,
+    pub stats: Arc<StageStats>,
+    pub input: mpsc::Receiver<Envelope>,
+    pub outputs: Vec<mpsc::Sender<Envelope>>,
+}
+
+impl Worker {
+    /// Runs until every producer of the input queue is gone, then flushes the stage.
+    pub fn run(mut self) {
+        // Exporters deliver what they keep; so does any stage nobody reads from.
+        let delivers = self.kind == StageKind::Exporter || self.outputs.is_empty();
+        let mut ids: Vec<u64> = Vec::with_capacity(1024);
+        while let Some(Envelope { records, lineage }) = self.input.blocking_recv() {
+            let records_in = records.len();
+            ids.clear();
+            ids.extend(records.iter().map(|r| r.meta.id));
+            let mut batch = Batch::new(records);
+            let phase = self.coordinator.start_phase();
+            let result = self.stage.process(&mut batch);
+            let (records, failures) = batch.into_parts();
+            match result {
+                ROk(()) => {
+                    for f in failures.iter() {
+                        lineage.failed(f.id, &f.error.kind);
+                    }
+                    self.coordinator.end_phase(
+                        phase,
+                        &CallOutcome::Success {
+                            records_in,
+                            records_out: records.len(),
+                            failures: &failures,
+                        },
+                    );
+                }
+                RErr(error) => {
+                    // The whole batch failed; whatever the stage left in it is suspect.
+                    for id in &ids {
+                        lineage.failed(*id, &error.kind);
+                    }
+                    self.coordinator.end_phase(
+                        phase,
+                        &CallOutcome::Error {
+                            records_in,
+                            error: &error,
+                        },
+                    );
+                    if error.kind == "panic" {
+                        tracing::warn!(stage = %self.name, message = %error.message, "stage panicked; its batch counts as failed");
+                    } else {
+                        tracing::debug!(stage = %self.name, kind = %error.kind, message = %error.message, "stage call failed");
+                    }
+                    continue;
+                }
+            }
+            if delivers {
+                lineage.deliver_all(&records);
+            }
+            if records.is_empty() {
+                continue;
+            }
+            let Some((last, rest)) = self.outputs.split_last() else {
+                continue;
+            };
+            for tx in rest {
+                let envelope = Envelope {
+                    records: records.clone(),
+                    lineage: lineage.clone(),
+                };
+                if let Err(mpsc::error::SendError(lost)) = tx.blocking_send(envelope) {
+                    fail_all(&lost, "pipeline_closed");
+                }
+            }
+            if let Err(mpsc::error::SendError(lost)) =
+                last.blocking_send(Envelope { records, lineage })
+            {
+                fail_all(&lost, "pipeline_closed");
+            }
+        }
+        if let RErr(error) = self.stage.flush() {
+            tracing::error!(stage = %self.name, kind = %error.kind, message = %error.message, "flush failed");
+            self.stats.record_error(&error);
+        }
+        tracing::debug!(stage = %self.name, "stage drained");
+    }
+}

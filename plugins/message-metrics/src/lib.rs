@@ -1,0 +1,403 @@
+//! A metrics stage that replaces each record with a record of measurements about it.
+//!
+//! The principal type in this crate is [`MessageMetrics`], the stage `message-metrics`: it is
+//! built from a [`MessageMetricsConfig`] and turns every record into a metrics record (same
+//! message, so the same `meta`) with the message's size, its latency since the timestamp it
+//! carries and, when a type field is configured, its type and a running count of that type.
+//! It also records the counters `records` and `records_by_type` through the host, once per
+//! batch. See the crate's README for the config keys.
+
+use std::{
+    borrow::Cow,
+    collections::HashMap,
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use plugin_api::{
+    tracing, Batch, Field, Record, Stage, StageContext, StageError, StageKind, Value,
+};
+use serde::Deserialize;
+
+/// The `config:` block of a `message-metrics` stage.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MessageMetricsConfig {
+    /// The field holding when the message was sent, in seconds since the Unix epoch.
+    #[serde(default = "default_timestamp_field")]
+    pub timestamp_field: String,
+    /// The field whose value is the message's type; no type fields are made without it.
+    #[serde(default)]
+    pub type_field: Option<String>,
+}
+
+fn default_timestamp_field() -> String {
+    "timestamp".to_owned()
+}
+
+/// The `message-metrics` stage: see the crate documentation.
+pub struct MessageMetrics {
+    ctx: StageContext,
+    timestamp_field: String,
+    type_field: Option<String>,
+    /// Counts by type value, since the stage was built. Grows with the number of distinct
+    /// values, so `type_field` should name a field with few of them.
+    types: HashMap<String, TypeCount>,
+    /// The type values seen in the batch being processed, each once; kept between batches so
+    /// that its allocation is reused.
+    batch_types: Vec<String>,
+}
+
+#[derive(Debug, Default)]
+struct TypeCount {
+    total: u64,
+    in_batch: u64,
+}
+
+impl MessageMetrics {
+    /// Makes the metrics record for one record; `now` is in seconds since the Unix epoch.
+    fn measure(&mut self, record: Record, now: f64) -> Record {
+        let mut out = record.derived();
+        out.fields
+            .reserve_exact(if self.type_field.is_some() { 4 } else { 2 });
+        out.fields.push(Field::new(
+            "size_bytes",
+            Value::from(record.meta.size_bytes),
+        ));
+        let latency = match record.get(&self.timestamp_field).and_then(Value::as_f64) {
+            Some(sent_at) => Value::Float((now - sent_at) * 1000.0),
+            None => Value::Null,
+        };
+        out.fields.push(Field::new("latency_ms", latency));
+        if let Some(type_field) = &self.type_field {
+            let name = type_value(record.get(type_field));
+            let count = self.count_type(&name);
+            out.fields.push(Field::new("type", &*name));
+            out.fields
+                .push(Field::new("type_count", Value::from(count)));
+        }
+        out
+    }
+
+    /// Counts one record of type `name`; returns how many have been seen, this one included.
+    fn count_type(&mut self, name: &str) -> u64 {
+        // Look up by `&str` first so that a type seen before costs no allocation.
+        if let Some(count) = self.types.get_mut(name) {
+            if count.in_batch == 0 {
+                self.batch_types.push(name.to_owned());
+            }
+            count.in_batch += 1;
+            count.total += 1;
+            return count.total;
+        }
+        self.types.insert(
+            name.to_owned(),
+            TypeCount {
+                total: 1,
+                in_batch: 1,
+            },
+        );
+        self.batch_types.push(name.to_owned());
+        1
+    }
+
+    /// Records the batch's counters through the host: one call per counter and type, not per
+    /// record, since each call crosses the library boundary.
+    fn emit_batch_metrics(&mut self, records: usize) {
+        self.ctx.counter("records", records as f64, &[]);
+        for name in self.batch_types.drain(..) {
+            if let Some(count) = self.types.get_mut(&name) {
+                self.ctx
+                    .counter("records_by_type", count.in_batch as f64, &[("type", &name)]);
+                count.in_batch = 0;
+            }
+        }
+    }
+}
+
+/// The type of a record as a string: a string value as it is, any other value as its JSON
+/// text (`3`, `true`), and `unknown` when the field is missing or null.
+fn type_value(value: Option<&Value>) -> Cow<'_, str> {
+    match value {
+        None | Some(Value::Null) => Cow::Borrowed("unknown"),
+        Some(Value::Str(s)) => Cow::Borrowed(s.as_str()),
+        // Serializing a Value to JSON cannot fail: keys are strings and non-finite floats
+        // become null.
+        Some(other) => Cow::Owned(
+            serde_json::to_string(other).unwrap_or_else(|_| other.type_name().to_owned()),
+        ),
+    }
+}
+
+/// Seconds since the Unix epoch; 0 if the clock is set before it.
+fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+impl Stage for MessageMetrics {
+    const NAME: &'static str = "message-metrics";
+    const KIND: StageKind = StageKind::Metrics;
+    type Config = MessageMetricsConfig;
+
+    fn check(config: &MessageMetricsConfig) -> Result<(), String> {
+        if config.timestamp_field.is_empty() {
+            return Err("`timestamp_field` must not be empty".to_owned());
+        }
+        if config.type_field.as_deref() == Some("") {
+            return Err("`type_field` must not be empty".to_owned());
+        }
+        Ok(())
+    }
+
+    fn build(config: MessageMetricsConfig, ctx: StageContext) -> Result<Self, String> {
+        tracing::debug!(
+            stage = ctx.instance(),
+            timestamp_field = %config.timestamp_field,
+            type_field = ?config.type_field,
+            "message-metrics stage built"
+        );
+        Ok(MessageMetrics {
+            ctx,
+            timestamp_field: config.timestamp_field,
+            type_field: config.type_field,
+            types: HashMap::new(),
+            batch_types: Vec::new(),
+        })
+    }
+
+    fn process(&mut self, batch: &mut Batch) -> Result<(), StageError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        // One clock read per batch: a batch is handled in microseconds, far below the
+        // millisecond latencies this measures.
+        let now = unix_now();
+        let records = batch.len();
+        batch.map(|record| self.measure(record, now));
+        self.emit_batch_metrics(records);
+        Ok(())
+    }
+}
+
+plugin_api::export_plugin!(MessageMetrics);
+
+#[cfg(test)]
+mod tests {
+    use std::cell::RefCell;
+
+    use super::*;
+    use plugin_api::{
+        abi_stable::std_types::{RSlice, RStr},
+        sdk, HostContext, Label, LogLevel, MetricKind,
+    };
+
+    fn stage(config: &str) -> MessageMetrics {
+        stage_with_host(config, None)
+    }
+
+    fn stage_with_host(config: &str, host: Option<HostContext>) -> MessageMetrics {
+        let config: MessageMetricsConfig = serde_json::from_str(config).unwrap();
+        MessageMetrics::check(&config).unwrap();
+        MessageMetrics::build(config, StageContext::new("t", host)).unwrap()
+    }
+
+    /// Records with ids 1, 2, ... and sizes 100, 200, ...
+    fn batch(lines: &[String]) -> Batch {
+        let records = lines
+            .iter()
+            .enumerate()
+            .map(|(i, line)| {
+                let mut r: Record = serde_json::from_str(line).unwrap();
+                r.meta.id = i as u64 + 1;
+                r.meta.size_bytes = (i as u64 + 1) * 100;
+                r
+            })
+            .collect();
+        Batch::new(records)
+    }
+
+    fn lines(lines: &[&str]) -> Vec<String> {
+        lines.iter().map(|s| s.to_string()).collect()
+    }
+
+    fn keys(record: &Record) -> Vec<&str> {
+        record.fields.iter().map(|f| f.key.as_str()).collect()
+    }
+
+    #[test]
+    fn each_record_becomes_a_metrics_record_of_the_same_message() {
+        let mut stage = stage("{}");
+        let sent_at = unix_now() - 2.5;
+        let mut b = batch(&[
+            format!(r#"{{"timestamp":{sent_at},"body":"x"}}"#),
+            format!(r#"{{"timestamp":{}}}"#, sent_at.floor() as i64),
+        ]);
+        stage.process(&mut b).unwrap();
+        assert_eq!(b.len(), 2);
+        assert!(b.failures().is_empty());
+
+        let first = &b.records()[0];
+        assert_eq!(keys(first), ["size_bytes", "latency_ms"]);
+        assert_eq!(first.meta.id, 1);
+        assert_eq!(first.get("size_bytes"), Some(&Value::Int(100)));
+        let Some(Value::Float(latency)) = first.get("latency_ms") else {
+            panic!("latency_ms is not a float: {first:?}");
+        };
+        assert!((2500.0..3500.0).contains(latency), "{latency}");
+
+        // An integer timestamp works as well.
+        let second = &b.records()[1];
+        assert_eq!(second.meta.id, 2);
+        assert_eq!(second.get("size_bytes"), Some(&Value::Int(200)));
+        let latency = second.get("latency_ms").and_then(Value::as_f64).unwrap();
+        assert!((2500.0..4500.0).contains(&latency), "{latency}");
+    }
+
+    #[test]
+    fn a_missing_or_non_numeric_timestamp_gives_null_latency() {
+        let mut stage = stage(r#"{"timestamp_field":"sent_at"}"#);
+        let mut b = batch(&lines(&[
+            r#"{"timestamp":1}"#,
+            r#"{"sent_at":"yesterday"}"#,
+            r#"{"sent_at":null}"#,
+        ]));
+        stage.process(&mut b).unwrap();
+        assert_eq!(b.len(), 3);
+        assert!(b.failures().is_empty());
+        for r in b.records() {
+            assert_eq!(r.get("latency_ms"), Some(&Value::Null), "{r:?}");
+        }
+    }
+
+    #[test]
+    fn type_counts_run_across_batches() {
+        let mut stage = stage(r#"{"type_field":"kind"}"#);
+        let mut b = batch(&lines(&[
+            r#"{"kind":"a"}"#,
+            r#"{"kind":"b"}"#,
+            r#"{"kind":"a"}"#,
+            r#"{}"#,
+            r#"{"kind":3}"#,
+            r#"{"kind":null}"#,
+        ]));
+        stage.process(&mut b).unwrap();
+        let seen: Vec<(String, i64)> = b
+            .records()
+            .iter()
+            .map(|r| {
+                assert_eq!(keys(r), ["size_bytes", "latency_ms", "type", "type_count"]);
+                let t = r.get("type").and_then(Value::as_str).unwrap().to_owned();
+                (t, r.get("type_count").and_then(Value::as_i64).unwrap())
+            })
+            .collect();
+        let expected = [
+            ("a", 1),
+            ("b", 1),
+            ("a", 2),
+            ("unknown", 1),
+            ("3", 1),
+            ("unknown", 2),
+        ];
+        assert_eq!(seen, expected.map(|(t, n)| (t.to_owned(), n)));
+
+        let mut b = batch(&lines(&[r#"{"kind":"b"}"#]));
+        stage.process(&mut b).unwrap();
+        assert_eq!(b.records()[0].get("type_count"), Some(&Value::Int(2)));
+    }
+
+    /// One counter call the host received: name, value, labels.
+    type Counted = (String, f64, Vec<(String, String)>);
+
+    thread_local! {
+        // The stage calls the host on the test's own thread, so each test sees its own calls.
+        static METRICS: RefCell<Vec<Counted>> = const {
+            RefCell::new(Vec::new())
+        };
+    }
+
+    extern "C" fn record_metric(
+        _stage: RStr<'_>,
+        kind: MetricKind,
+        name: RStr<'_>,
+        value: f64,
+        labels: RSlice<'_, Label<'_>>,
+    ) {
+        assert_eq!(kind, MetricKind::Counter);
+        let labels = labels
+            .iter()
+            .map(|l| (l.key.to_string(), l.value.to_string()))
+            .collect();
+        METRICS.with(|m| m.borrow_mut().push((name.to_string(), value, labels)));
+    }
+
+    extern "C" fn ignore_log(_level: LogLevel, _target: RStr<'_>, _message: RStr<'_>) {}
+
+    fn take_metrics() -> Vec<Counted> {
+        METRICS.with(|m| std::mem::take(&mut *m.borrow_mut()))
+    }
+
+    #[test]
+    fn counters_are_recorded_once_per_batch_and_type() {
+        let host = HostContext {
+            max_log_level: LogLevel::Error,
+            log: ignore_log,
+            metric: record_metric,
+        };
+        let mut stage = stage_with_host(r#"{"type_field":"kind"}"#, Some(host));
+        take_metrics();
+
+        let mut b = batch(&lines(&[
+            r#"{"kind":"a"}"#,
+            r#"{"kind":"b"}"#,
+            r#"{"kind":"a"}"#,
+            r#"{"kind":"a"}"#,
+        ]));
+        stage.process(&mut b).unwrap();
+        let label = |t: &str| vec![("type".to_owned(), t.to_owned())];
+        assert_eq!(
+            take_metrics(),
+            [
+                ("records".to_owned(), 4.0, vec![]),
+                ("records_by_type".to_owned(), 3.0, label("a")),
+                ("records_by_type".to_owned(), 1.0, label("b")),
+            ]
+        );
+
+        // The per-batch counts start again from zero; the running count does not.
+        let mut b = batch(&lines(&[r#"{"kind":"b"}"#]));
+        stage.process(&mut b).unwrap();
+        assert_eq!(
+            take_metrics(),
+            [
+                ("records".to_owned(), 1.0, vec![]),
+                ("records_by_type".to_owned(), 1.0, label("b")),
+            ]
+        );
+        assert_eq!(b.records()[0].get("type_count"), Some(&Value::Int(2)));
+
+        // Without a type field, only `records` is counted.
+        let mut stage = stage_with_host("{}", Some(host));
+        let mut b = batch(&lines(&["{}", "{}"]));
+        stage.process(&mut b).unwrap();
+        assert_eq!(take_metrics(), [("records".to_owned(), 2.0, vec![])]);
+    }
+
+    #[test]
+    fn config_defaults_and_unknown_keys() {
+        let config: MessageMetricsConfig = serde_json::from_str("{}").unwrap();
+        assert_eq!(config.timestamp_field, "timestamp");
+        assert_eq!(config.type_field, None);
+
+        let check = |json: &str| {
+            sdk::check::<MessageMetrics>(RStr::from_str(json))
+                .into_result()
+                .map_err(|e| e.to_string())
+        };
+        let err = check(r#"{"timestamp":"ts"}"#).unwrap_err();
+        assert!(err.contains("unknown field `timestamp`"), "{err}");
+        let err = check(r#"{"type_field":""}"#).unwrap_err();
+        assert!(err.contains("`type_field` must not be empty"), "{err}");
+        check(r#"{"timestamp_field":"ts","type_field":"kind"}"#).unwrap();
+    }
+}

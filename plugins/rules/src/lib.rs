@@ -1,0 +1,389 @@
+//! A processor stage that drops, renames and sets record fields by rules.
+//!
+//! The principal type in this crate is [`Rules`], the stage `rules`: it is built from a
+//! [`RulesConfig`] and, for each record, applies the drop rules first (a record that matches any
+//! of them leaves the batch and counts as filtered), then the renames, then the sets. See the
+//! crate's README for the config keys.
+
+use std::{fmt, marker::PhantomData};
+
+use plugin_api::{tracing, Batch, Record, Stage, StageContext, StageError, StageKind, Value};
+use serde::{
+    de::{self, MapAccess, Visitor},
+    Deserialize, Deserializer,
+};
+
+/// The `config:` block of a `rules` stage. Every key is optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RulesConfig {
+    /// A record matching any of these rules is dropped.
+    #[serde(default)]
+    pub drop: Vec<DropRule>,
+    /// Renames, old name -> new name, applied in the order they are written.
+    #[serde(default, deserialize_with = "ordered_map")]
+    pub rename: Vec<(String, String)>,
+    /// Fields to set, name -> value, applied in the order they are written.
+    #[serde(default, deserialize_with = "ordered_map")]
+    pub set: Vec<(String, Value)>,
+}
+
+/// Drops a record whose field `field` equals `equals`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DropRule {
+    pub field: String,
+    /// A JSON scalar; numbers compare by value, so `1` matches both `1` and `1.0`.
+    pub equals: Value,
+}
+
+impl DropRule {
+    fn matches(&self, record: &Record) -> bool {
+        record
+            .get(&self.field)
+            .is_some_and(|value| scalar_eq(value, &self.equals))
+    }
+}
+
+/// Equality as a pipeline author means it: an integer and a float are equal when they are the
+/// same number; otherwise values are equal only when they have the same type.
+fn scalar_eq(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Int(i), Value::Float(f)) | (Value::Float(f), Value::Int(i)) => int_eq_float(*i, *f),
+        _ => a == b,
+    }
+}
+
+/// Exact, unlike `i as f64 == f`, which would call 2^53 + 1 equal to 2^53.
+fn int_eq_float(i: i64, f: f64) -> bool {
+    // i64::MIN as f64 is exactly -2^63 and i64::MAX as f64 is exactly 2^63.
+    f.fract() == 0.0 && f >= i64::MIN as f64 && f < i64::MAX as f64 && f as i64 == i
+}
+
+/// Deserializes a map into its entries in the order they were written: a `HashMap` would lose
+/// the order, and renames that chain (`a: b` then `b: c`) depend on it.
+fn ordered_map<'de, D, V>(d: D) -> Result<Vec<(String, V)>, D::Error>
+where
+    D: Deserializer<'de>,
+    V: Deserialize<'de>,
+{
+    struct Entries<V>(PhantomData<V>);
+
+    impl<'de, V: Deserialize<'de>> Visitor<'de> for Entries<V> {
+        type Value = Vec<(String, V)>;
+
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a map")
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut entries: Vec<(String, V)> = Vec::with_capacity(map.size_hint().unwrap_or(0));
+            while let Some((key, value)) = map.next_entry::<String, V>()? {
+                if entries.iter().any(|(k, _)| *k == key) {
+                    return Err(de::Error::custom(format_args!("duplicate key `{key}`")));
+                }
+                entries.push((key, value));
+            }
+            Ok(entries)
+        }
+    }
+
+    d.deserialize_map(Entries(PhantomData))
+}
+
+/// The `rules` stage: see the crate documentation.
+#[derive(Debug)]
+pub struct Rules {
+    drop: Vec<DropRule>,
+    rename: Vec<(String, String)>,
+    set: Vec<(String, Value)>,
+}
+
+impl Rules {
+    /// Applies the renames, then the sets, to a record that no drop rule matched.
+    fn rewrite(&self, record: &mut Record) {
+        for (from, to) in &self.rename {
+            rename_in_place(record, from, to);
+        }
+        for (key, value) in &self.set {
+            record.insert(key, value.clone());
+        }
+    }
+}
+
+/// Renames field `from` to `to`, keeping the field where it was; when a field `to` already
+/// exists, that field takes the value (at its own position) and `from` is removed. Unlike
+/// [`Record::rename`], a renamed field does not move to the end of the record.
+fn rename_in_place(record: &mut Record, from: &str, to: &str) {
+    if from == to {
+        return;
+    }
+    let Some(src) = record.fields.iter().position(|f| f.key == from) else {
+        return;
+    };
+    match record.fields.iter().position(|f| f.key == to) {
+        Some(dst) => {
+            let value = record.fields.remove(src).value;
+            let dst = if dst > src { dst - 1 } else { dst };
+            record.fields[dst].value = value;
+        }
+        None => record.fields[src].key = to.into(),
+    }
+}
+
+impl Stage for Rules {
+    const NAME: &'static str = "rules";
+    const KIND: StageKind = StageKind::Processor;
+    type Config = RulesConfig;
+
+    fn check(config: &RulesConfig) -> Result<(), String> {
+        for (i, rule) in config.drop.iter().enumerate() {
+            if rule.field.is_empty() {
+                return Err(format!("drop[{i}]: `field` must not be empty"));
+            }
+            if matches!(rule.equals, Value::List(_) | Value::Map(_)) {
+                return Err(format!(
+                    "drop[{i}]: `equals` must be a scalar (string, number, bool or null)"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn build(config: RulesConfig, ctx: StageContext) -> Result<Self, String> {
+        tracing::debug!(
+            stage = ctx.instance(),
+            drop = config.drop.len(),
+            rename = config.rename.len(),
+            set = config.set.len(),
+            "rules stage built"
+        );
+        Ok(Rules {
+            drop: config.drop,
+            rename: config.rename,
+            set: config.set,
+        })
+    }
+
+    fn process(&mut self, batch: &mut Batch) -> Result<(), StageError> {
+        let before = batch.len();
+        batch.retain(|record| {
+            if self.drop.iter().any(|rule| rule.matches(record)) {
+                return false;
+            }
+            self.rewrite(record);
+            true
+        });
+        tracing::trace!(
+            dropped = before - batch.len(),
+            kept = batch.len(),
+            "rules applied"
+        );
+        Ok(())
+    }
+}
+
+plugin_api::export_plugin!(Rules);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use plugin_api::{sdk, serde_json};
+
+    fn rules(config: &str) -> Rules {
+        let config: RulesConfig = serde_json::from_str(config).unwrap();
+        Rules::check(&config).unwrap();
+        Rules::build(config, StageContext::new("t", None)).unwrap()
+    }
+
+    fn batch(lines: &[&str]) -> Batch {
+        let records = lines
+            .iter()
+            .enumerate()
+            .map(|(i, line)| {
+                let mut r: Record = serde_json::from_str(line).unwrap();
+                r.meta.id = i as u64 + 1;
+                r.meta.size_bytes = line.len() as u64;
+                r
+            })
+            .collect();
+        Batch::new(records)
+    }
+
+    fn json(batch: &Batch) -> Vec<String> {
+        batch
+            .records()
+            .iter()
+            .map(|r| serde_json::to_string(r).unwrap())
+            .collect()
+    }
+
+    fn check(config: &str) -> Result<(), String> {
+        sdk::check::<Rules>(config.into())
+            .into_result()
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn an_empty_config_passes_records_through() {
+        let mut stage = rules("{}");
+        let mut b = batch(&[r#"{"a":1}"#, r#"{"b":"x"}"#]);
+        stage.process(&mut b).unwrap();
+        assert_eq!(json(&b), [r#"{"a":1}"#, r#"{"b":"x"}"#]);
+        assert!(b.failures().is_empty());
+    }
+
+    #[test]
+    fn drop_removes_matching_records_as_filtered() {
+        let mut stage = rules(r#"{"drop":[{"field":"level","equals":"debug"}]}"#);
+        let mut b = batch(&[
+            r#"{"level":"debug","n":1}"#,
+            r#"{"level":"info","n":2}"#,
+            r#"{"n":3}"#,
+            r#"{"level":"debug","n":4}"#,
+        ]);
+        stage.process(&mut b).unwrap();
+        assert_eq!(json(&b), [r#"{"level":"info","n":2}"#, r#"{"n":3}"#]);
+        let ids: Vec<u64> = b.records().iter().map(|r| r.meta.id).collect();
+        assert_eq!(ids, [2, 3]);
+        // Dropped records are filtered, not failed.
+        assert!(b.failures().is_empty());
+    }
+
+    #[test]
+    fn any_drop_rule_is_enough() {
+        let mut stage =
+            rules(r#"{"drop":[{"field":"a","equals":true},{"field":"b","equals":null}]}"#);
+        let mut b = batch(&[
+            r#"{"a":true}"#,
+            r#"{"b":null}"#,
+            r#"{"a":false,"b":0}"#,
+            r#"{}"#,
+        ]);
+        stage.process(&mut b).unwrap();
+        // A missing field matches nothing, not even `equals: null`.
+        assert_eq!(json(&b), [r#"{"a":false,"b":0}"#, "{}"]);
+    }
+
+    #[test]
+    fn numbers_compare_by_value_across_int_and_float() {
+        let mut stage = rules(r#"{"drop":[{"field":"code","equals":1}]}"#);
+        let mut b = batch(&[
+            r#"{"code":1}"#,
+            r#"{"code":1.0}"#,
+            r#"{"code":1.5}"#,
+            r#"{"code":"1"}"#,
+            r#"{"code":2}"#,
+        ]);
+        stage.process(&mut b).unwrap();
+        assert_eq!(
+            json(&b),
+            [r#"{"code":1.5}"#, r#"{"code":"1"}"#, r#"{"code":2}"#]
+        );
+
+        let mut stage = rules(r#"{"drop":[{"field":"code","equals":2.0}]}"#);
+        let mut b = batch(&[r#"{"code":2}"#, r#"{"code":2.0}"#, r#"{"code":3}"#]);
+        stage.process(&mut b).unwrap();
+        assert_eq!(json(&b), [r#"{"code":3}"#]);
+    }
+
+    #[test]
+    fn int_and_float_equality_is_exact() {
+        assert!(int_eq_float(-3, -3.0));
+        assert!(!int_eq_float(
+            9_007_199_254_740_993,
+            9_007_199_254_740_992.0
+        ));
+        assert!(!int_eq_float(i64::MAX, i64::MAX as f64));
+        assert!(int_eq_float(i64::MIN, i64::MIN as f64));
+        assert!(!int_eq_float(0, f64::NAN));
+    }
+
+    #[test]
+    fn rename_keeps_the_field_in_place_and_replaces_an_existing_target() {
+        let mut stage = rules(r#"{"rename":{"msg":"message","lvl":"level"}}"#);
+        let mut b = batch(&[
+            r#"{"msg":"hi","x":1,"lvl":"info"}"#,
+            r#"{"level":"old","lvl":"new","other":true}"#,
+            r#"{"x":1}"#,
+        ]);
+        stage.process(&mut b).unwrap();
+        assert_eq!(
+            json(&b),
+            [
+                r#"{"message":"hi","x":1,"level":"info"}"#,
+                r#"{"level":"new","other":true}"#,
+                r#"{"x":1}"#,
+            ]
+        );
+    }
+
+    #[test]
+    fn renames_apply_in_the_order_written() {
+        // a -> b, then b -> c: the value of a ends up in c.
+        let mut stage = rules(r#"{"rename":{"a":"b","b":"c"}}"#);
+        let mut b = batch(&[r#"{"a":1,"b":2}"#]);
+        stage.process(&mut b).unwrap();
+        assert_eq!(json(&b), [r#"{"c":1}"#]);
+
+        // Written the other way round, b moves to c first, then a to b.
+        let mut stage = rules(r#"{"rename":{"b":"c","a":"b"}}"#);
+        let mut b = batch(&[r#"{"a":1,"b":2}"#]);
+        stage.process(&mut b).unwrap();
+        assert_eq!(json(&b), [r#"{"b":1,"c":2}"#]);
+    }
+
+    #[test]
+    fn set_replaces_or_appends_any_json_value() {
+        let mut stage =
+            rules(r#"{"set":{"env":"prod","n":1.5,"tags":["a",{"k":null}],"x":false}}"#);
+        let mut b = batch(&[r#"{"x":1,"env":"dev"}"#]);
+        stage.process(&mut b).unwrap();
+        assert_eq!(
+            json(&b),
+            [r#"{"x":false,"env":"prod","n":1.5,"tags":["a",{"k":null}]}"#]
+        );
+        assert_eq!(b.records()[0].get("n"), Some(&Value::Float(1.5)));
+    }
+
+    #[test]
+    fn drop_runs_before_rename_and_rename_before_set() {
+        // The drop rule sees the original names and values; set sees the renamed fields.
+        let mut stage = rules(
+            r#"{
+                "drop": [{"field": "level", "equals": "debug"}, {"field": "sev", "equals": "x"}],
+                "rename": {"level": "sev"},
+                "set": {"sev": "overridden", "level": "added"}
+            }"#,
+        );
+        let mut b = batch(&[r#"{"level":"debug"}"#, r#"{"level":"info","k":1}"#]);
+        stage.process(&mut b).unwrap();
+        assert_eq!(json(&b), [r#"{"sev":"overridden","k":1,"level":"added"}"#]);
+        assert_eq!(b.records()[0].meta.id, 2);
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        let err = check(r#"{"drops":[]}"#).unwrap_err();
+        assert!(err.contains("unknown field `drops`"), "{err}");
+        let err = check(r#"{"drop":[{"field":"a","equals":1,"eq":2}]}"#).unwrap_err();
+        assert!(err.contains("unknown field `eq`"), "{err}");
+        check(r#"{"drop":[{"field":"a","equals":1}],"rename":{"a":"b"},"set":{"c":1}}"#).unwrap();
+    }
+
+    #[test]
+    fn check_rejects_bad_drop_rules() {
+        let err = check(r#"{"drop":[{"field":"","equals":1}]}"#).unwrap_err();
+        assert!(err.contains("drop[0]: `field` must not be empty"), "{err}");
+        let err = check(r#"{"drop":[{"field":"a","equals":[1]}]}"#).unwrap_err();
+        assert!(err.contains("must be a scalar"), "{err}");
+        let err = check(r#"{"drop":[{"field":"a"}]}"#).unwrap_err();
+        assert!(err.contains("missing field `equals`"), "{err}");
+    }
+
+    #[test]
+    fn duplicate_map_keys_are_rejected() {
+        let err = check(r#"{"rename":{"a":"b","a":"c"}}"#).unwrap_err();
+        assert!(err.contains("duplicate key `a`"), "{err}");
+    }
+}
