@@ -6,14 +6,23 @@
 //! [`topology::RunningPipeline`] and drains on shutdown. The binary `host` adds the CLI.
 
 pub mod accounting;
+pub mod admin;
 pub mod bench;
 pub mod builtin;
 pub mod config;
 pub mod context;
 pub mod coordinator;
+pub mod events;
+pub mod health;
 pub mod loader;
 pub mod monitor;
 pub mod publish;
 pub mod registry;
 pub mod source;
 pub mod topology;
+
+/// Locks a mutex, recovering it if a thread panicked while holding it: what these mutexes
+/// guard (counters, histograms, a stage between calls) stays meaningful after such a panic.
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}

@@ -10,10 +10,13 @@ use std::{
     collections::{HashMap, HashSet},
     fmt,
     path::{Path, PathBuf},
+    time::Duration,
 };
 
 use indexmap::IndexMap;
 use serde::{Deserialize, Serialize};
+
+pub use crate::events::{BusKind, EventsConfig};
 
 pub use spans::Spans;
 
@@ -160,7 +163,9 @@ impl SourceConfig {
 pub struct StageConfig {
     /// The stage type: a built-in stage or one offered by a loaded library.
     pub plugin: String,
-    /// Sources or stages whose output this stage takes.
+    /// Sources or stages whose output this stage takes. May be empty for a stage named in
+    /// `monitoring.export_to`, which then gets only the monitor's windows.
+    #[serde(default)]
     pub inputs: Vec<String>,
     /// Handed to the stage as it is.
     #[serde(default)]
@@ -206,11 +211,105 @@ impl MonitoringMode {
     }
 }
 
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+/// The built-in monitor, coordinator, events, health checks and admin API.
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct MonitoringConfig {
     #[serde(default)]
     pub mode: MonitoringMode,
+    /// How often a windowed snapshot is taken, exported and reset.
+    #[serde(default = "default_window", with = "humantime_serde")]
+    pub window: Duration,
+    /// Stages (usually exporters) that receive each windowed snapshot as a record.
+    #[serde(default)]
+    pub export_to: Vec<String>,
+    /// The record field whose values are counted per stage ("data types").
+    #[serde(default = "default_type_field")]
+    pub type_field: String,
+    #[serde(default)]
+    pub admin: AdminConfig,
+    #[serde(default)]
+    pub events: EventsConfig,
+    #[serde(default)]
+    pub health: HealthConfig,
+}
+
+impl Default for MonitoringConfig {
+    fn default() -> Self {
+        MonitoringConfig {
+            mode: MonitoringMode::default(),
+            window: default_window(),
+            export_to: Vec::new(),
+            type_field: default_type_field(),
+            admin: AdminConfig::default(),
+            events: EventsConfig::default(),
+            health: HealthConfig::default(),
+        }
+    }
+}
+
+fn default_window() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_type_field() -> String {
+    "type".into()
+}
+
+/// The admin HTTP server.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// `host:port` to listen on; `null` turns the server off.
+    #[serde(default = "default_admin_listen")]
+    pub listen: Option<String>,
+}
+
+fn default_admin_listen() -> Option<String> {
+    Some("127.0.0.1:9464".into())
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            listen: default_admin_listen(),
+        }
+    }
+}
+
+/// Health checks.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthConfig {
+    /// How long a check result is cached (and how often checks run).
+    #[serde(default = "default_health_interval", with = "humantime_serde")]
+    pub interval: Duration,
+    /// A check that takes longer counts as unhealthy.
+    #[serde(default = "default_health_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// A stage whose failed/handled record ratio over the current window passes this is
+    /// degraded.
+    #[serde(default = "default_error_rate_threshold")]
+    pub error_rate_threshold: f64,
+}
+
+fn default_health_interval() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_health_timeout() -> Duration {
+    Duration::from_secs(2)
+}
+fn default_error_rate_threshold() -> f64 {
+    0.5
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        HealthConfig {
+            interval: default_health_interval(),
+            timeout: default_health_timeout(),
+            error_rate_threshold: default_error_rate_threshold(),
+        }
+    }
 }
 
 impl PipelineConfig {
@@ -316,10 +415,11 @@ impl PipelineConfig {
             ));
         }
         for (name, stage) in &self.stages {
-            if stage.inputs.is_empty() {
+            // A stage fed only by the monitor's windows may have no inputs.
+            if stage.inputs.is_empty() && !self.monitoring.export_to.contains(name) {
                 out.push(self.diagnostic(
                     &["stages", name, "inputs"],
-                    format!("stage `{name}` has no inputs"),
+                    format!("stage `{name}` has no inputs (and is not in monitoring.export_to)"),
                 ));
             }
             let mut seen = HashSet::new();
@@ -341,6 +441,15 @@ impl PipelineConfig {
                         format!("stage `{name}`: input `{input}` is listed twice"),
                     ));
                 }
+            }
+        }
+        for (i, target) in self.monitoring.export_to.iter().enumerate() {
+            if !self.stages.contains_key(target) {
+                let index = i.to_string();
+                out.push(self.diagnostic(
+                    &["monitoring", "export_to", index.as_str()],
+                    format!("monitoring.export_to: `{target}` is not a stage"),
+                ));
             }
         }
         if let Some(cycle) = self.find_cycle() {

@@ -4,18 +4,26 @@
 //! [`build_topology`] builds the stage instances; [`Topology::start`] wires bounded queues
 //! between them, starts the workers downstream first, then opens the sources.
 
+mod observe;
 mod worker;
 
-use std::sync::{atomic::AtomicU64, Arc};
+use std::{
+    net::SocketAddr,
+    sync::{atomic::AtomicU64, Arc, Mutex},
+    time::Duration,
+};
 
-use plugin_api::StageKind;
+use plugin_api::{StageBox, StageKind};
 use tokio::sync::{mpsc, watch};
 
 use crate::{
     accounting::PipelineCounters,
+    admin::{self, AdminState, PipelineGraph, SourceView, StageView},
     config::{ConfigError, Diagnostic, MonitoringMode, PipelineConfig},
     context,
-    coordinator::Coordinator,
+    coordinator::{self, Coordinator, EventDriven},
+    events::{self, instance_id, EventBus, EventKind, EventPayload, EventsError},
+    health::Health,
     monitor::{Monitor, Snapshot, StageStats},
     registry::Registry,
     source::zmq::{SourceError, ZmqSource},
@@ -68,7 +76,7 @@ pub fn check(cfg: &PipelineConfig, registry: &Registry) -> Vec<Diagnostic> {
 struct BuiltStage {
     name: String,
     kind: StageKind,
-    stage: plugin_api::StageBox,
+    stage: Arc<Mutex<StageBox>>,
     stats: Arc<StageStats>,
 }
 
@@ -97,7 +105,7 @@ pub fn build_topology(cfg: PipelineConfig, registry: &Registry) -> Result<Topolo
             Ok(stage) => stages.push(BuiltStage {
                 name: name.clone(),
                 kind: ty.kind,
-                stage,
+                stage: Arc::new(Mutex::new(stage)),
                 stats: Arc::new(StageStats::new(name, &stage_cfg.plugin, ty.kind)),
             }),
             Err(e) => errors.push(cfg.diagnostic(
@@ -136,24 +144,67 @@ pub enum StartError {
         #[source]
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Events(#[from] EventsError),
+    #[error("monitoring.admin.listen: cannot listen on {address}")]
+    Admin {
+        address: String,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// A running pipeline.
 pub struct RunningPipeline {
     pub monitor: Arc<Monitor>,
+    pub health: Arc<Health>,
+    pub bus: Option<Arc<dyn EventBus>>,
     /// Each source's endpoint, as bound (ports resolved).
     pub endpoints: Vec<(String, String)>,
+    /// Where the admin API listens, when it does.
+    pub admin: Option<SocketAddr>,
     stop: watch::Sender<bool>,
+    /// Stopped last: the event consumer and the admin API outlive the drain.
+    late_stop: watch::Sender<bool>,
     sources: Vec<tokio::task::JoinHandle<()>>,
+    windows: Option<tokio::task::JoinHandle<()>>,
+    late_tasks: Vec<tokio::task::JoinHandle<()>>,
     workers: Vec<(String, std::thread::JoinHandle<()>)>,
+    counts: (usize, usize),
 }
 
 impl Topology {
-    /// Starts the workers (downstream first, so each consumer is ready), then the sources.
+    /// Starts the observation path, the workers (downstream first, so each consumer is
+    /// ready), then the sources, the health checks and the admin API.
     pub async fn start(self) -> Result<RunningPipeline, StartError> {
         let cfg = &self.config;
+        let monitoring = &cfg.monitoring;
+        let mode = monitoring.mode;
+        let monitor = self.monitor.clone();
+        context::set_metric_sink(Some(monitor.plugins.clone()));
+
+        // `disabled` means no observation work at all: no bus, no events.
+        let bus = match mode {
+            MonitoringMode::Disabled => None,
+            _ => Some(events::start_bus(
+                &monitoring.events,
+                &tokio::runtime::Handle::current(),
+            )?),
+        };
+        let (stop, stop_rx) = watch::channel(false);
+        let (late_stop, late_rx) = watch::channel(false);
+        let mut late_tasks = Vec::new();
+        if let (MonitoringMode::EventDriven, Some(bus)) = (mode, &bus) {
+            // Subscribed before any stage runs, so no call is missed.
+            let sub = coordinator::subscribe(bus.as_ref());
+            late_tasks.push(tokio::spawn(coordinator::consume(
+                sub,
+                monitor.clone(),
+                late_rx.clone(),
+            )));
+        }
+
         let capacity = cfg.runtime.queue_capacity;
-        let mode = cfg.monitoring.mode;
         let mut senders = std::collections::HashMap::new();
         let mut receivers = std::collections::HashMap::new();
         for name in cfg.stages.keys() {
@@ -165,14 +216,26 @@ impl Topology {
             cfg.consumers_of(name).map(|c| senders[c].clone()).collect()
         };
 
+        let instance = instance_id();
+        let type_field: Option<Arc<str>> =
+            (mode != MonitoringMode::Disabled).then(|| monitoring.type_field.as_str().into());
         let mut workers = Vec::new();
+        let mut health_components = Vec::new();
         for built in self.stages.into_iter().rev() {
-            let coordinator = match mode {
-                MonitoringMode::Disabled => Coordinator::Disabled,
-                MonitoringMode::Direct | MonitoringMode::EventDriven => {
-                    Coordinator::Direct(built.stats.clone())
-                }
+            let coordinator = match (&bus, mode) {
+                (_, MonitoringMode::Disabled) | (None, _) => Coordinator::Disabled,
+                (Some(_), MonitoringMode::Direct) => Coordinator::Direct(built.stats.clone()),
+                (Some(bus), MonitoringMode::EventDriven) => Coordinator::EventDriven(Arc::new(
+                    EventDriven::new(&built.name, instance.clone(), bus.clone()),
+                )),
             };
+            health_components.push(observe::stage_check(
+                &built.name,
+                built.kind,
+                built.stage.clone(),
+                built.stats.clone(),
+                monitoring.health.error_rate_threshold,
+            ));
             let worker = Worker {
                 outputs: outputs_of(&built.name),
                 input: receivers.remove(&built.name).expect("one queue per stage"),
@@ -181,6 +244,7 @@ impl Topology {
                 stage: built.stage,
                 coordinator,
                 stats: built.stats,
+                type_field: type_field.clone(),
             };
             let handle = std::thread::Builder::new()
                 .name(format!("stage-{}", built.name))
@@ -191,40 +255,149 @@ impl Topology {
                 })?;
             workers.push((built.name, handle));
         }
+        health_components.reverse();
 
-        let (stop, stop_rx) = watch::channel(false);
         let next_id = Arc::new(AtomicU64::new(1));
-        let mut sources = Vec::new();
         let mut endpoints = Vec::new();
         let mut opened = Vec::new();
         for (name, source_cfg) in &cfg.sources {
             // On failure the senders held here drop, so the started workers drain and end.
             let source = ZmqSource::open(name, source_cfg).await?;
             endpoints.push((name.clone(), source.endpoint.clone()));
+            health_components.push(observe::source_check(
+                name,
+                &source.endpoint,
+                source.up.clone(),
+            ));
             opened.push((source, outputs_of(name)));
         }
+        let windows = (mode != MonitoringMode::Disabled).then(|| {
+            let targets = monitoring
+                .export_to
+                .iter()
+                .map(|t| senders[t].clone())
+                .collect();
+            tokio::spawn(observe::windows(
+                monitor.clone(),
+                monitoring.window,
+                targets,
+                stop_rx.clone(),
+            ))
+        });
         drop(senders);
+        let mut sources = Vec::new();
         for (source, outputs) in opened {
             sources.push(tokio::spawn(source.run(
                 outputs,
-                self.monitor.pipeline.clone(),
+                monitor.pipeline.clone(),
                 next_id.clone(),
                 stop_rx.clone(),
             )));
         }
+
+        if let Some(bus) = &bus {
+            health_components.push(observe::bus_check(bus.clone()));
+        }
+        let listener = bus
+            .clone()
+            .map(|bus| Arc::new(observe::HealthEvents::new(bus, instance.clone())) as _);
+        let health = Arc::new(Health::new(
+            monitoring.health.clone(),
+            health_components,
+            listener,
+        ));
+        late_tasks.push(tokio::spawn(health.clone().run(late_rx.clone())));
+
+        let graph = Arc::new(graph(cfg, &endpoints, &monitor));
+        let mut admin_addr = None;
+        if let Some(address) = &monitoring.admin.listen {
+            let listener = tokio::net::TcpListener::bind(address.as_str())
+                .await
+                .map_err(|source| StartError::Admin {
+                    address: address.clone(),
+                    source,
+                })?;
+            let local = listener.local_addr().ok();
+            admin_addr = local;
+            tracing::info!(address = %local.map_or(address.clone(), |a| a.to_string()), "admin API listening");
+            let state = AdminState {
+                monitor: monitor.clone(),
+                health: health.clone(),
+                graph,
+                bus: bus.clone(),
+            };
+            late_tasks.push(tokio::spawn(admin::serve(listener, state, late_rx.clone())));
+        }
+
+        let counts = (workers.len(), sources.len());
+        if let Some(bus) = &bus {
+            publish_lifecycle(bus.as_ref(), &instance, EventKind::PipelineStarted, counts);
+        }
         tracing::info!(
-            stages = workers.len(),
-            sources = sources.len(),
+            stages = counts.0,
+            sources = counts.1,
             mode = mode.as_str(),
             "pipeline started"
         );
         Ok(RunningPipeline {
-            monitor: self.monitor,
+            monitor,
+            health,
+            bus,
             endpoints,
+            admin: admin_addr,
             stop,
+            late_stop,
             sources,
+            windows,
+            late_tasks,
             workers,
+            counts,
         })
+    }
+}
+
+fn publish_lifecycle(
+    bus: &dyn EventBus,
+    instance: &Arc<str>,
+    kind: EventKind,
+    (stages, sources): (usize, usize),
+) {
+    bus.publish(events::Event::new(
+        kind,
+        instance.clone(),
+        0,
+        EventPayload::Pipeline { stages, sources },
+    ));
+}
+
+fn graph(cfg: &PipelineConfig, endpoints: &[(String, String)], monitor: &Monitor) -> PipelineGraph {
+    let socket = |s: &crate::config::SourceConfig| format!("{:?}", s.socket).to_lowercase();
+    PipelineGraph {
+        file: cfg.file.display().to_string(),
+        sources: cfg
+            .sources
+            .iter()
+            .map(|(name, s)| SourceView {
+                name: name.clone(),
+                socket: socket(s),
+                endpoint: endpoints
+                    .iter()
+                    .find(|(n, _)| n == name)
+                    .map_or_else(String::new, |(_, e)| e.clone()),
+                outputs: cfg.consumers_of(name).map(String::from).collect(),
+            })
+            .collect(),
+        stages: cfg
+            .stages
+            .iter()
+            .map(|(name, s)| StageView {
+                name: name.clone(),
+                plugin: s.plugin.clone(),
+                kind: monitor.stage(name).map_or("", |s| s.kind.as_str()),
+                inputs: s.inputs.clone(),
+                outputs: cfg.consumers_of(name).map(String::from).collect(),
+            })
+            .collect(),
     }
 }
 
@@ -236,6 +409,9 @@ impl RunningPipeline {
         for s in self.sources {
             let _ = s.await;
         }
+        if let Some(w) = self.windows {
+            let _ = w.await;
+        }
         let workers = self.workers;
         let _ = tokio::task::spawn_blocking(move || {
             for (name, handle) in workers {
@@ -245,6 +421,25 @@ impl RunningPipeline {
             }
         })
         .await;
+        if let Some(bus) = &self.bus {
+            publish_lifecycle(
+                bus.as_ref(),
+                &instance_id(),
+                EventKind::PipelineStopped,
+                self.counts,
+            );
+        }
+        // The event consumer drains what the workers published, then stops with the rest.
+        let _ = self.late_stop.send(true);
+        for t in self.late_tasks {
+            let _ = t.await;
+        }
+        if let Some(bus) = &self.bus {
+            if !bus.shutdown(Duration::from_secs(2)).await {
+                tracing::warn!("event bus: some queued events were not written before shutdown");
+            }
+        }
+        context::set_metric_sink(None);
         self.monitor.snapshot()
     }
 }

@@ -2,7 +2,10 @@
 //! decided, and passes the rest on. Runs on its own thread: stage calls are synchronous and
 //! may block (an exporter writing a file) without stalling the async runtime.
 
-use std::sync::Arc;
+use std::{
+    sync::{Arc, Mutex},
+    time::{SystemTime, UNIX_EPOCH},
+};
 
 use abi_stable::std_types::{RErr, ROk};
 use plugin_api::{Batch, StageBox, StageKind};
@@ -11,6 +14,7 @@ use tokio::sync::mpsc;
 use crate::{
     accounting::Envelope,
     coordinator::Coordinator,
+    lock,
     monitor::{CallOutcome, StageStats},
     source::zmq::fail_all,
 };
@@ -18,9 +22,12 @@ use crate::{
 pub struct Worker {
     pub name: String,
     pub kind: StageKind,
-    pub stage: StageBox,
+    /// Locked once per batch; the health check takes it between batches.
+    pub stage: Arc<Mutex<StageBox>>,
     pub coordinator: Coordinator,
     pub stats: Arc<StageStats>,
+    /// The field whose values are counted per stage; `None` when monitoring is disabled.
+    pub type_field: Option<Arc<str>>,
     pub input: mpsc::Receiver<Envelope>,
     pub outputs: Vec<mpsc::Sender<Envelope>>,
 }
@@ -32,12 +39,19 @@ impl Worker {
         let delivers = self.kind == StageKind::Exporter || self.outputs.is_empty();
         let mut ids: Vec<u64> = Vec::with_capacity(1024);
         while let Some(Envelope { records, lineage }) = self.input.blocking_recv() {
+            // What is still queued behind this batch: a stage that keeps a deep queue is the
+            // pipeline's bottleneck.
+            self.coordinator
+                .record_metric("input_queue_batches", self.input.len() as f64);
             let records_in = records.len();
             ids.clear();
             ids.extend(records.iter().map(|r| r.meta.id));
+            if let Some(field) = &self.type_field {
+                self.stats.record_types(&records, field);
+            }
             let mut batch = Batch::new(records);
             let phase = self.coordinator.start_phase();
-            let result = self.stage.process(&mut batch);
+            let result = lock(&self.stage).process(&mut batch);
             let (records, failures) = batch.into_parts();
             match result {
                 ROk(()) => {
@@ -75,6 +89,12 @@ impl Worker {
             }
             if delivers {
                 lineage.deliver_all(&records);
+                if self.type_field.is_some() {
+                    let now_ns = SystemTime::now()
+                        .duration_since(UNIX_EPOCH)
+                        .map_or(0, |d| d.as_nanos() as u64);
+                    self.stats.record_delivered(&records, now_ns);
+                }
             }
             if records.is_empty() {
                 continue;
@@ -97,7 +117,7 @@ impl Worker {
                 fail_all(&lost, "pipeline_closed");
             }
         }
-        if let RErr(error) = self.stage.flush() {
+        if let RErr(error) = lock(&self.stage).flush() {
             tracing::error!(stage = %self.name, kind = %error.kind, message = %error.message, "flush failed");
             self.stats.record_error(&error);
         }
