@@ -75,11 +75,7 @@ async fn raw_receive(count: u64) -> anyhow::Result<f64> {
     Ok(count as f64 / elapsed.as_secs_f64())
 }
 
-async fn pipeline_run(
-    opts: &BenchOptions,
-    mode: MonitoringMode,
-    out_dir: &std::path::Path,
-) -> anyhow::Result<f64> {
+async fn pipeline_run(opts: &BenchOptions, mode: MonitoringMode) -> anyhow::Result<f64> {
     let mut cfg = PipelineConfig::load(&opts.pipeline)?;
     cfg.monitoring.mode = mode;
     // One source, bound to a free port: the benchmark publishes to it.
@@ -88,7 +84,8 @@ async fn pipeline_run(
     };
     source.bind = Some("tcp://127.0.0.1:0".into());
     source.connect = None;
-    let _ = out_dir;
+    // A benchmark must not collide with a running host's admin port.
+    cfg.monitoring.admin.listen = None;
     let registry = Registry::load(&cfg.plugins.paths);
     let topology = build_topology(cfg, &registry)?;
     let running = topology.start().await?;
@@ -140,9 +137,7 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<Vec<Measured>> {
     for round in 0..opts.rounds {
         results[0].rates.push(raw_receive(opts.count).await?);
         for (i, mode) in opts.modes.iter().enumerate() {
-            results[i + 1]
-                .rates
-                .push(pipeline_run(&opts, *mode, &out_dir).await?);
+            results[i + 1].rates.push(pipeline_run(&opts, *mode).await?);
             let _ = std::fs::remove_dir_all(&out_dir);
         }
         eprintln!("round {}/{} done", round + 1, opts.rounds);

@@ -78,6 +78,7 @@ enum Command {
 enum Mode {
     Disabled,
     Direct,
+    #[value(name = "event_driven")]
     EventDriven,
 }
 
@@ -162,17 +163,21 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// Prints config errors one per line; `Ok(None)` when there were some.
-fn report(result: Result<PipelineConfig, ConfigError>) -> anyhow::Result<Option<PipelineConfig>> {
+/// Prints config errors one per line; `None` when there were some.
+fn report(result: Result<PipelineConfig, ConfigError>) -> Option<PipelineConfig> {
     match result {
-        Ok(cfg) => Ok(Some(cfg)),
+        Ok(cfg) => Some(cfg),
         Err(ConfigError::Invalid(diagnostics)) => {
             for d in diagnostics {
                 eprintln!("error: {d}");
             }
-            Ok(None)
+            None
         }
-        Err(e) => Err(e.into()),
+        Err(e) => {
+            // An unreadable file is as invalid as a bad one: same message style, same status.
+            eprintln!("error: {:#}", anyhow::Error::from(e));
+            None
+        }
     }
 }
 
@@ -188,13 +193,8 @@ fn load_registry(cfg: &PipelineConfig) -> Registry {
 }
 
 fn validate(pipeline: &std::path::Path) -> ExitCode {
-    let cfg = match report(PipelineConfig::load(pipeline)) {
-        Ok(Some(cfg)) => cfg,
-        Ok(None) => return ExitCode::from(INVALID),
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            return ExitCode::from(INVALID);
-        }
+    let Some(cfg) = report(PipelineConfig::load(pipeline)) else {
+        return ExitCode::from(INVALID);
     };
     let registry = load_registry(&cfg);
     let diagnostics = topology::check(&cfg, &registry);
@@ -216,7 +216,7 @@ fn validate(pipeline: &std::path::Path) -> ExitCode {
 
 fn plugins(pipeline: Option<PathBuf>, mut paths: Vec<PathBuf>) -> anyhow::Result<ExitCode> {
     if let Some(p) = pipeline {
-        match report(PipelineConfig::load(&p))? {
+        match report(PipelineConfig::load(&p)) {
             Some(cfg) => paths = cfg.plugins.paths,
             None => return Ok(ExitCode::from(INVALID)),
         }
@@ -247,14 +247,14 @@ fn plugins(pipeline: Option<PathBuf>, mut paths: Vec<PathBuf>) -> anyhow::Result
 }
 
 async fn run_pipeline(pipeline: PathBuf, summary: Option<PathBuf>) -> anyhow::Result<ExitCode> {
-    let Some(cfg) = report(PipelineConfig::load(&pipeline))? else {
+    let Some(cfg) = report(PipelineConfig::load(&pipeline)) else {
         return Ok(ExitCode::from(INVALID));
     };
     let registry = load_registry(&cfg);
     let topology = match build_topology(cfg, &registry) {
         Ok(t) => t,
         Err(e) => {
-            report(Err(e))?;
+            report(Err(e));
             return Ok(ExitCode::from(INVALID));
         }
     };

@@ -11,7 +11,7 @@
 //!   loses events (counted) and never slows the stage that published them.
 //! - [`RedisBus`] (`monitoring.events.bus: redis`): the same local delivery, plus every event
 //!   written to a Redis stream per event type, so other processes can read every instance's
-//!   events (schema in [`redis`](self::redis)). When Redis is unreachable the pipeline keeps
+//!   events (schema in [its module](self::redis)). When Redis is unreachable the pipeline keeps
 //!   running: the bus counts what it could not write, reports itself unhealthy with the reason,
 //!   and reconnects by itself.
 //!

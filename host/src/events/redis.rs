@@ -41,7 +41,7 @@
 use std::{
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
-        Arc, Mutex, MutexGuard,
+        Arc, Mutex,
     },
     time::Duration,
 };
@@ -67,6 +67,7 @@ use super::{
     BusHealth, BusStats, Event, EventBus, EventKind, EventPayload, EventsError, MemoryBus, Pattern,
     Subscription,
 };
+use crate::lock;
 
 /// The default stream prefix.
 pub const DEFAULT_STREAM_PREFIX: &str = "plugin_host:events";
@@ -185,10 +186,6 @@ pub fn decode_entry(entry: &StreamId) -> Result<Event, DecodeError> {
         context_id: number("context_id")?,
         payload: Arc::new(payload),
     })
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// `url` with any password replaced, for messages.

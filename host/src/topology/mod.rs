@@ -204,6 +204,24 @@ impl Topology {
             )));
         }
 
+        // Bound before anything reads a message: a taken port must fail the start while
+        // nothing has been accepted yet.
+        let mut admin_addr = None;
+        let admin_listener = match &monitoring.admin.listen {
+            None => None,
+            Some(address) => {
+                let listener = tokio::net::TcpListener::bind(address.as_str())
+                    .await
+                    .map_err(|source| StartError::Admin {
+                        address: address.clone(),
+                        source,
+                    })?;
+                admin_addr = listener.local_addr().ok();
+                tracing::info!(address = %admin_addr.map_or(address.clone(), |a| a.to_string()), "admin API listening");
+                Some(listener)
+            }
+        };
+
         let capacity = cfg.runtime.queue_capacity;
         let mut senders = std::collections::HashMap::new();
         let mut receivers = std::collections::HashMap::new();
@@ -309,17 +327,7 @@ impl Topology {
         late_tasks.push(tokio::spawn(health.clone().run(late_rx.clone())));
 
         let graph = Arc::new(graph(cfg, &endpoints, &monitor));
-        let mut admin_addr = None;
-        if let Some(address) = &monitoring.admin.listen {
-            let listener = tokio::net::TcpListener::bind(address.as_str())
-                .await
-                .map_err(|source| StartError::Admin {
-                    address: address.clone(),
-                    source,
-                })?;
-            let local = listener.local_addr().ok();
-            admin_addr = local;
-            tracing::info!(address = %local.map_or(address.clone(), |a| a.to_string()), "admin API listening");
+        if let Some(listener) = admin_listener {
             let state = AdminState {
                 monitor: monitor.clone(),
                 health: health.clone(),

@@ -1,0 +1,210 @@
+//! Every mistake in a pipeline file is reported as `error: FILE:LINE:COL: message`, with exit
+//! status 2, before anything starts: by `host validate`, and by running the pipeline.
+
+use std::path::Path;
+
+use tests::{host_command, run_with_timeout, Output};
+
+/// Status of a pipeline that is invalid.
+const INVALID: i32 = 2;
+
+/// A variable no test environment sets.
+const UNSET_VAR: &str = "HOST_TEST_UNSET_ENDPOINT_0B7F";
+
+/// Line and column (1-based) of the first occurrence of `needle` in `text`.
+fn position_of(text: &str, needle: &str) -> (usize, usize) {
+    let found = text
+        .lines()
+        .enumerate()
+        .find_map(|(i, line)| line.find(needle).map(|at| (i, line, at)));
+    let (i, line, at) = found.unwrap_or_else(|| panic!("{needle:?} is not in the pipeline"));
+    assert_eq!(
+        text.matches(needle).count(),
+        1,
+        "{needle:?} must occur once in the pipeline"
+    );
+    (i + 1, line[..at].chars().count() + 1)
+}
+
+fn validate(file: &Path) -> Output {
+    let mut cmd = host_command();
+    cmd.env_remove(UNSET_VAR)
+        .arg("validate")
+        .arg("--pipeline")
+        .arg(file);
+    run_with_timeout(cmd)
+}
+
+fn run(file: &Path, summary: &Path) -> Output {
+    let mut cmd = host_command();
+    cmd.env_remove(UNSET_VAR)
+        .arg("--pipeline")
+        .arg(file)
+        .arg("--summary")
+        .arg(summary);
+    run_with_timeout(cmd)
+}
+
+/// Writes `yaml` (with `{{plugins}}` filled in), then checks that both `validate` and a run
+/// report exactly one error, at the position of `at` in the file, whose message contains
+/// `message`; and that the run started nothing.
+fn check(name: &str, yaml: &str, at: &str, message: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = yaml.replace("{{plugins}}", &tests::plugin_dir().display().to_string());
+    let file = dir.path().join(format!("{name}.yaml"));
+    std::fs::write(&file, &yaml).unwrap();
+    let (line, column) = position_of(&yaml, at);
+    let prefix = format!("error: {}:{line}:{column}: ", file.display());
+
+    let summary = dir.path().join("summary.json");
+    for (how, out) in [("validate", validate(&file)), ("run", run(&file, &summary))] {
+        assert_eq!(out.code(), INVALID, "{name} ({how}): {out:#?}");
+        let errors: Vec<&str> = out
+            .stderr
+            .lines()
+            .filter(|l| l.starts_with("error: "))
+            .collect();
+        assert_eq!(
+            errors.len(),
+            1,
+            "{name} ({how}): one error expected: {out:#?}"
+        );
+        assert!(
+            errors[0].starts_with(&prefix) && errors[0].contains(message),
+            "{name} ({how}): expected {prefix:?} ... {message:?}, got:\n{}",
+            out.stderr
+        );
+        assert!(out.stdout.is_empty(), "{name} ({how}): {out:#?}");
+        for started in ["source listening", "pipeline started"] {
+            assert!(
+                !out.stderr.contains(started),
+                "{name} ({how}): something started: {out:#?}"
+            );
+        }
+    }
+    assert!(!summary.exists(), "{name}: a summary was written");
+}
+
+const HEAD: &str = r#"plugins:
+  paths: ["{{plugins}}"]
+sources:
+  in: { type: zmq, socket: pull, bind: "tcp://127.0.0.1:0" }
+stages:
+"#;
+
+#[test]
+fn unknown_keys_are_located() {
+    check(
+        "unknown_stage_key",
+        &format!("{HEAD}  a: {{ plugin: passthrough, inputs: [in], confg: {{}} }}\n"),
+        "confg",
+        "unknown field `confg`",
+    );
+    check(
+        "unknown_source_key",
+        "sources:\n  in:\n    type: zmq\n    socket: pull\n    bind: \"tcp://127.0.0.1:0\"\n    batch_sise: 1\nstages:\n  out: { plugin: null, inputs: [in] }\n",
+        "batch_sise",
+        "unknown field `batch_sise`",
+    );
+    check(
+        "unknown_top_level_key",
+        &format!("{HEAD}  out: {{ plugin: null, inputs: [in] }}\nmonitorin: {{ mode: direct }}\n"),
+        "monitorin",
+        "unknown field `monitorin`",
+    );
+}
+
+#[test]
+fn unknown_stage_type_is_located() {
+    check(
+        "unknown_plugin",
+        &format!("{HEAD}  a:\n    plugin: nosuch\n    inputs: [in]\n"),
+        "plugin: nosuch",
+        "no stage type named `nosuch`",
+    );
+}
+
+#[test]
+fn missing_input_is_located() {
+    check(
+        "missing_input",
+        &format!(
+            "{HEAD}  a: {{ plugin: passthrough, inputs: [in] }}\n  b: {{ plugin: null, inputs: [a, nope] }}\n"
+        ),
+        "nope",
+        "input `nope` is neither a source nor a stage",
+    );
+}
+
+#[test]
+fn cycle_is_located() {
+    check(
+        "cycle",
+        &format!(
+            "{HEAD}  a: {{ plugin: passthrough, inputs: [in, c] }}\n  b: {{ plugin: passthrough, inputs: [a] }}\n  c: {{ plugin: passthrough, inputs: [b] }}\n"
+        ),
+        "inputs: [a]",
+        "stages form a cycle: b -> c -> a -> b",
+    );
+}
+
+#[test]
+fn configs_the_plugin_rejects_are_located() {
+    check(
+        "jsonl_unknown_key",
+        &format!(
+            "{HEAD}  out:\n    plugin: jsonl\n    inputs: [in]\n    config:\n      path: out.jsonl\n      flush_every: 10\n"
+        ),
+        "config:",
+        "stage `out` (jsonl): invalid config: unknown field `flush_every`",
+    );
+    check(
+        "rules_empty_drop_field",
+        &format!(
+            "{HEAD}  p:\n    plugin: rules\n    inputs: [in]\n    config:\n      drop:\n        - {{ field: \"\", equals: debug }}\n  out: {{ plugin: null, inputs: [p] }}\n"
+        ),
+        "config:",
+        "stage `p` (rules): invalid config: drop[0]: `field` must not be empty",
+    );
+    check(
+        "rules_drop_equals_a_list",
+        &format!(
+            "{HEAD}  p:\n    plugin: rules\n    inputs: [in]\n    config:\n      drop:\n        - {{ field: level, equals: [1, 2] }}\n  out: {{ plugin: null, inputs: [p] }}\n"
+        ),
+        "config:",
+        "drop[0]: `equals` must be a scalar",
+    );
+}
+
+#[test]
+fn unset_variable_without_default_is_located() {
+    check(
+        "unset_variable",
+        &format!(
+            "plugins:\n  paths: [\"{{{{plugins}}}}\"]\nsources:\n  in: {{ type: zmq, socket: pull, bind: \"${{{UNSET_VAR}}}\" }}\nstages:\n  out: {{ plugin: null, inputs: [in] }}\n"
+        ),
+        "${",
+        &format!("environment variable `{UNSET_VAR}` is not set"),
+    );
+}
+
+#[test]
+fn unreadable_file_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("no-such-pipeline.yaml");
+    let directory = dir.path().join("a-directory.yaml");
+    std::fs::create_dir(&directory).unwrap();
+    let summary = dir.path().join("summary.json");
+    for file in [&missing, &directory] {
+        let expected = format!("error: cannot read pipeline file {}: ", file.display());
+        for (how, out) in [("validate", validate(file)), ("run", run(file, &summary))] {
+            assert!(
+                out.stderr.lines().any(|l| l.starts_with(&expected)),
+                "{} ({how}): expected {expected:?}: {out:#?}",
+                file.display()
+            );
+            assert_eq!(out.code(), INVALID, "{} ({how}): {out:#?}", file.display());
+        }
+    }
+    assert!(!summary.exists());
+}
