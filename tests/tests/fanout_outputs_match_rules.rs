@@ -7,7 +7,7 @@ const LEVELS: [&str; 4] = ["info", "debug", "warn", "error"];
 
 /// Message `i` as sent: fields in this order, `healthcheck: true` on every 5th.
 fn message(i: usize) -> String {
-    let health = if i % 5 == 0 {
+    let health = if i.is_multiple_of(5) {
         r#","healthcheck":true"#
     } else {
         ""
