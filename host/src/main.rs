@@ -14,6 +14,13 @@ use host::{
 use tokio::signal::unix::{signal, SignalKind};
 use tracing_subscriber::EnvFilter;
 
+// Records are small and many: every decoded message and every fan-out copy is a handful of
+// allocations, freed on another thread. mimalloc's per-thread heaps make that cheap. (Each
+// plugin library keeps its own allocator; abi_stable's types free through the allocator
+// that made them.)
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Runs YAML pipelines of dynamically loaded stages over ZeroMQ.
 #[derive(Parser)]
 #[command(version, args_conflicts_with_subcommands = true)]

@@ -225,18 +225,27 @@ impl StageStats {
         }
     }
 
-    /// Counts the records of a batch by the value of `field` (missing: `none`).
+    /// Counts the records of a batch by the value of `field` (missing: `none`). Runs are
+    /// tallied locally first: a batch holds few distinct types, so the maps are touched once
+    /// per type per batch, not per record.
     pub fn record_types(&self, records: &[Record], field: &str) {
-        let mut s = lock(&self.state);
-        let s = &mut *s;
+        let mut tally: Vec<(&str, u64)> = Vec::with_capacity(8);
         for r in records {
             let t = match r.get(field) {
                 Some(Value::Str(v)) => v.as_str(),
                 Some(_) => "other",
                 None => "none",
             };
-            Counts::bump(&mut s.total.data_types, t, 1);
-            Counts::bump(&mut s.window.data_types, t, 1);
+            match tally.iter_mut().find(|(k, _)| *k == t) {
+                Some((_, n)) => *n += 1,
+                None => tally.push((t, 1)),
+            }
+        }
+        let mut guard = lock(&self.state);
+        let s = &mut *guard;
+        for (t, n) in tally {
+            Counts::bump(&mut s.total.data_types, t, n);
+            Counts::bump(&mut s.window.data_types, t, n);
         }
     }
 
