@@ -160,6 +160,15 @@ pub struct Envelope {
     pub lineage: Arc<Lineage>,
 }
 
+impl Envelope {
+    /// Fails every record of an envelope that could not be delivered.
+    pub fn fail_all(&self, error_type: &str) {
+        for r in self.records.iter() {
+            self.lineage.failed(r.meta.id, error_type);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

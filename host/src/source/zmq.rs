@@ -209,17 +209,10 @@ pub async fn send_batch(
             lineage: lineage.clone(),
         };
         if let Err(mpsc::error::SendError(lost)) = tx.send(envelope).await {
-            fail_all(&lost, "pipeline_closed");
+            lost.fail_all("pipeline_closed");
         }
     }
     if let Err(mpsc::error::SendError(lost)) = last.send(Envelope { records, lineage }).await {
-        fail_all(&lost, "pipeline_closed");
-    }
-}
-
-/// Marks every record of an envelope that could not be delivered as failed.
-pub fn fail_all(envelope: &Envelope, error_type: &str) {
-    for r in envelope.records.iter() {
-        envelope.lineage.failed(r.meta.id, error_type);
+        lost.fail_all("pipeline_closed");
     }
 }

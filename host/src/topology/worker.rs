@@ -16,7 +16,6 @@ use crate::{
     coordinator::Coordinator,
     lock,
     monitor::{CallOutcome, StageStats},
-    source::zmq::fail_all,
 };
 
 pub struct Worker {
@@ -108,13 +107,13 @@ impl Worker {
                     lineage: lineage.clone(),
                 };
                 if let Err(mpsc::error::SendError(lost)) = tx.blocking_send(envelope) {
-                    fail_all(&lost, "pipeline_closed");
+                    lost.fail_all("pipeline_closed");
                 }
             }
             if let Err(mpsc::error::SendError(lost)) =
                 last.blocking_send(Envelope { records, lineage })
             {
-                fail_all(&lost, "pipeline_closed");
+                lost.fail_all("pipeline_closed");
             }
         }
         if let RErr(error) = lock(&self.stage).flush() {
