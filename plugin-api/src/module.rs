@@ -20,7 +20,7 @@ use crate::stage::{Batch, HealthReport, StageError, StageKind};
 /// Grow this trait only by appending methods after the last one.
 #[sabi_trait]
 pub trait FfiStage: Send {
-    /// Handles one batch in place. `Err` fails every record still in the batch.
+    /// Handles one batch in place. `Err` fails every record the batch was called with.
     fn process(&mut self, batch: &mut Batch) -> RResult<(), StageError>;
 
     /// Writes out whatever the stage buffers. Called at shutdown, after the last batch.

@@ -9,7 +9,23 @@
 //! limit ([`run_host`]), and the checks every pipeline summary must pass
 //! ([`assert_reconciled`]).
 //!
+//! For the monitoring layer: the admin API over real HTTP ([`Host::admin_address`],
+//! [`Host::get`], [`http_get`]), the Prometheus text it serves, parsed ([`Metrics`]) and checked
+//! by the real `promtool` ([`promtool_check_metrics`]), and a real `redis-server` with a client
+//! for the event streams ([`RedisServer`], [`read_stream`]).
+//!
 //! Every wait has a time limit, so a hang fails the test instead of eating CI time.
+
+mod http;
+mod prometheus;
+mod redis_server;
+
+pub use http::{http_get, HttpResponse, HTTP_TIMEOUT};
+pub use prometheus::{promtool_bin, promtool_check_metrics, Metrics, Sample};
+pub use redis_server::{
+    read_stream, redis_info_field, redis_keys, redis_server_bin, redis_url, stream_key,
+    RedisServer, StreamEntry, DEFAULT_STREAM_PREFIX, REDIS_START_TIMEOUT,
+};
 
 use std::{
     fs,
@@ -442,6 +458,77 @@ impl Host {
             "no {needle:?} in the host's log after {timeout:?}:\n{}",
             self.log()
         );
+    }
+
+    /// Where the admin API listens (`127.0.0.1:PORT`), from the host's
+    /// "admin API listening" log line; panics if the host has not logged one.
+    pub fn admin_address(&self) -> String {
+        let log = self.log();
+        log.lines()
+            .filter(|l| l.contains("admin API listening"))
+            .find_map(|l| {
+                l.split_whitespace()
+                    .find_map(|w| w.strip_prefix("address="))
+            })
+            .map(|a| a.trim_matches('"').to_owned())
+            .unwrap_or_else(|| panic!("the host logged no admin API address:\n{log}"))
+    }
+
+    /// `GET path` from the admin API, over real HTTP.
+    pub fn get(&self, path: &str) -> HttpResponse {
+        http_get(&self.admin_address(), path)
+    }
+
+    /// `GET path` from the admin API, which must answer 200 with JSON.
+    pub fn get_json(&self, path: &str) -> Value {
+        let response = self.get(path);
+        assert_eq!(response.status, 200, "GET {path}: {response:#?}");
+        response.json()
+    }
+
+    /// `/metrics`, which must answer 200, parsed.
+    pub fn metrics(&self) -> Metrics {
+        let response = self.get("/metrics");
+        assert_eq!(response.status, 200, "GET /metrics: {response:#?}");
+        Metrics::parse(&response.body)
+    }
+
+    /// Polls `GET path` until `condition` holds for the answer (whatever its status), for at
+    /// most `timeout`; returns that answer. Panics with `what`, the last answer and the log
+    /// otherwise.
+    pub fn wait_for_answer(
+        &self,
+        path: &str,
+        timeout: Duration,
+        what: &str,
+        mut condition: impl FnMut(&HttpResponse) -> bool,
+    ) -> HttpResponse {
+        let address = self.admin_address();
+        let mut last = None;
+        let held = wait_until(timeout, || {
+            let response = http_get(&address, path);
+            let ok = condition(&response);
+            last = Some(response);
+            ok
+        });
+        let last = last.expect("polled at least once");
+        assert!(
+            held,
+            "{what}: not within {timeout:?} (GET {path}); the last answer: {last:#?}\nthe host's log:\n{}",
+            self.log()
+        );
+        last
+    }
+
+    /// Waits until `/api/metrics` says the pipeline received `n` messages and has none in
+    /// flight; returns that answer.
+    pub fn wait_settled(&self, n: u64) -> Value {
+        let what = format!("{n} messages received and settled");
+        self.wait_for_answer("/api/metrics", DELIVERY_TIMEOUT, &what, |r| {
+            let p = &r.json()["pipeline"];
+            r.status == 200 && p["received"] == n && p["in_flight"] == 0
+        })
+        .json()
     }
 
     /// Sends signal `sig` to the host.
