@@ -65,7 +65,14 @@ impl EventDriven {
         }
     }
 
-    fn failed(&self, context_id: u64, operation: &Arc<str>, error: &StageError, records: u64) {
+    fn failed(
+        &self,
+        context_id: u64,
+        operation: &Arc<str>,
+        error: &StageError,
+        records: u64,
+        duration: Option<Duration>,
+    ) {
         self.emit(
             EventKind::OperationFailed,
             context_id,
@@ -75,6 +82,7 @@ impl EventDriven {
                 error_type: error.kind.as_str().into(),
                 message: error.message.to_string(),
                 records,
+                duration_ns: duration.map_or(0, |d| d.as_nanos() as u64),
             },
         );
     }
@@ -127,7 +135,7 @@ impl Coordinator {
                         // Record-level failures first, so the monitor has them when the call
                         // completes.
                         for f in failures.iter() {
-                            ed.failed(ctx, &ed.record_operation, &f.error, 1);
+                            ed.failed(ctx, &ed.record_operation, &f.error, 1, None);
                         }
                         ed.emit(
                             EventKind::OperationComplete,
@@ -142,7 +150,7 @@ impl Coordinator {
                         );
                     }
                     CallOutcome::Error { records_in, error } => {
-                        ed.failed(ctx, &ed.operation, error, *records_in as u64);
+                        ed.failed(ctx, &ed.operation, error, *records_in as u64, duration);
                     }
                 }
             }
@@ -233,6 +241,7 @@ fn apply(monitor: &Monitor, event: &Event) {
             error_type,
             message,
             records,
+            duration_ns,
         } => {
             if let Some(stats) = monitor.stage(stage) {
                 if &**operation == RECORD_OPERATION {
@@ -240,7 +249,7 @@ fn apply(monitor: &Monitor, event: &Event) {
                 } else {
                     let error = StageError::new(&**error_type, message.as_str());
                     stats.record_call(
-                        None,
+                        Some(Duration::from_nanos(*duration_ns)),
                         &CallOutcome::Error {
                             records_in: *records as usize,
                             error: &error,

@@ -11,9 +11,18 @@ fn messages(from: usize, to: usize) -> Vec<String> {
 
 #[test]
 fn panics_are_counted_and_the_rest_gets_through() {
+    panics_are_counted_in("direct");
+}
+
+/// The same through the event bus: failed calls are timed there too.
+#[test]
+fn panics_are_counted_and_timed_in_event_driven_mode() {
+    panics_are_counted_in("event_driven");
+}
+
+fn panics_are_counted_in(mode: &str) {
     // batch_size 1: each panic fails exactly its own message.
-    let mut host = Host::start(
-        r#"
+    let pipeline = r#"
 plugins:
   paths: ["{{plugins}}", "{{fixtures}}/libpanicky_plugin.so"]
 sources:
@@ -24,8 +33,10 @@ stages:
     plugin: jsonl
     inputs: [boom]
     config: { path: "{{dir}}/out.jsonl" }
-"#,
-    );
+monitoring: { mode: MODE, admin: { listen: "127.0.0.1:0" } }
+"#
+    .replace("MODE", mode);
+    let mut host = Host::start(&pipeline);
     let out = host.path("out.jsonl");
     let good = |to: usize| (0..to).filter(|i| i % 3 != 0).collect::<Vec<_>>();
 
@@ -56,6 +67,9 @@ stages:
     assert_eq!(boom["errors"], panics, "{summary:#}");
     assert_eq!(boom["records_failed"], panics, "{summary:#}");
     assert_eq!(boom["errors_by_type"], tests::json!({ "panic": panics }));
+    // Every call, failed or not, is timed.
+    assert_eq!(boom["calls"], 60, "{summary:#}");
+    assert_eq!(boom["latency_ms"]["count"], 60, "{summary:#}");
     assert_eq!(stage(&summary, "out")["records_in"], 40);
     assert!(
         host.log().contains("stage panicked"),

@@ -68,16 +68,18 @@ pub async fn render(state: &AdminState) -> String {
     e.family(
         "host_messages_failed_total",
         "counter",
-        "Messages that failed, by the error type of their first failure.",
+        "Messages that failed.",
     );
-    e.sample(
-        "host_messages_failed_total",
-        &[("error_type", "any")],
-        t.failed as f64,
+    e.sample("host_messages_failed_total", &[], t.failed as f64);
+    // The breakdown is its own family, so that summing it does not count failures twice.
+    e.family(
+        "host_messages_failed_by_type_total",
+        "counter",
+        "Messages that failed, by the error type of their first failure.",
     );
     for (kind, n) in &t.failed_by_type {
         e.sample(
-            "host_messages_failed_total",
+            "host_messages_failed_by_type_total",
             &[("error_type", kind)],
             *n as f64,
         );
@@ -247,13 +249,14 @@ pub async fn render(state: &AdminState) -> String {
             }
         }
     }
+    // Not under host_plugin_: that prefix belongs to the plugins' own metric names.
     e.family(
-        "host_plugin_metric_series_dropped_total",
+        "host_monitor_plugin_updates_dropped_total",
         "counter",
         "Plugin metric updates refused (too many series, or a kind mismatch).",
     );
     e.sample(
-        "host_plugin_metric_series_dropped_total",
+        "host_monitor_plugin_updates_dropped_total",
         &[],
         state.monitor.plugins.dropped() as f64,
     );

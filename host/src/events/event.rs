@@ -213,13 +213,16 @@ pub enum EventPayload {
         records_out: u64,
     },
     /// `performance.operation.failed`: `records` is how many records the failure covers (the
-    /// whole batch when the call failed, one for a single record).
+    /// whole batch when the call failed, one for a single record); `duration_ns` is the
+    /// failed call's duration (0 for a single record's failure).
     OperationFailed {
         stage: Arc<str>,
         operation: Arc<str>,
         error_type: Arc<str>,
         message: String,
         records: u64,
+        #[serde(default)]
+        duration_ns: u64,
     },
     /// `performance.metric.recorded`. A non-finite `value` is written as JSON `null` (JSON has
     /// no NaN) and read back as NaN. Labels keep their order and are a JSON object.
@@ -318,13 +321,15 @@ impl Serialize for EventPayload {
                 error_type,
                 message,
                 records,
+                duration_ns,
             } => {
-                let mut st = s.serialize_struct("OperationFailed", 5)?;
+                let mut st = s.serialize_struct("OperationFailed", 6)?;
                 st.serialize_field("stage", stage)?;
                 st.serialize_field("operation", operation)?;
                 st.serialize_field("error_type", error_type)?;
                 st.serialize_field("message", message)?;
                 st.serialize_field("records", records)?;
+                st.serialize_field("duration_ns", duration_ns)?;
                 st.end()
             }
             EventPayload::MetricRecorded {
@@ -564,6 +569,7 @@ pub(crate) mod samples {
                 error_type: "parse_error".into(),
                 message: "field `x` is not a number".into(),
                 records: 3,
+                duration_ns: 700,
             },
             EventKind::MetricRecorded => EventPayload::MetricRecorded {
                 stage,

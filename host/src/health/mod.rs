@@ -80,6 +80,9 @@ pub struct Health {
     config: HealthConfig,
     components: Vec<Component>,
     cache: RwLock<(Option<Instant>, Vec<ComponentHealth>)>,
+    /// One round of checks at a time: a slower, older round must not overwrite a newer one
+    /// (and report a change back and forth).
+    checking: tokio::sync::Mutex<()>,
     listener: Option<Arc<dyn HealthListener>>,
 }
 
@@ -99,12 +102,26 @@ impl Health {
             config,
             components,
             cache: RwLock::new((None, Vec::new())),
+            checking: tokio::sync::Mutex::new(()),
             listener,
         }
     }
 
     /// Runs every check (concurrently, each bounded by the timeout) and updates the cache.
     pub async fn check_now(&self) -> Vec<ComponentHealth> {
+        let _round = self.checking.lock().await;
+        self.run_checks().await
+    }
+
+    fn cached_if_fresh(&self) -> Option<Vec<ComponentHealth>> {
+        let cache = self.cache.read().unwrap_or_else(|e| e.into_inner());
+        match cache.0 {
+            Some(at) if at.elapsed() < self.config.interval => Some(cache.1.clone()),
+            _ => None,
+        }
+    }
+
+    async fn run_checks(&self) -> Vec<ComponentHealth> {
         let timeout = self.config.timeout;
         let checks = self.components.iter().map(|c| {
             let check = c.check.clone();
@@ -167,16 +184,14 @@ impl Health {
 
     /// The cached results, checking first if they are older than the interval.
     pub async fn current(&self) -> Vec<ComponentHealth> {
-        let fresh = {
-            let cache = self.cache.read().unwrap_or_else(|e| e.into_inner());
-            match cache.0 {
-                Some(at) if at.elapsed() < self.config.interval => Some(cache.1.clone()),
-                _ => None,
-            }
-        };
-        match fresh {
+        if let Some(results) = self.cached_if_fresh() {
+            return results;
+        }
+        let _round = self.checking.lock().await;
+        // Another caller may have checked while this one waited.
+        match self.cached_if_fresh() {
             Some(results) => results,
-            None => self.check_now().await,
+            None => self.run_checks().await,
         }
     }
 

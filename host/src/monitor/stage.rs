@@ -249,10 +249,11 @@ impl StageStats {
         }
     }
 
-    /// Records ingest-to-delivery latency for records this stage delivered.
+    /// Records ingest-to-delivery latency for records this stage delivered. Records no
+    /// message produced (the monitor's own windows) have no ingest time and are skipped.
     pub fn record_delivered(&self, records: &[Record], now_ns: u64) {
         let mut s = lock(&self.state);
-        for r in records {
+        for r in records.iter().filter(|r| r.meta.received_at_ns != 0) {
             let ns = now_ns.saturating_sub(r.meta.received_at_ns).max(1);
             s.e2e.saturating_record(ns);
             s.window_e2e.saturating_record(ns);
