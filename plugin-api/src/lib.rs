@@ -14,6 +14,7 @@
 pub mod module;
 pub mod sdk;
 pub mod stage;
+pub mod testing;
 pub mod value;
 
 #[doc(hidden)]

@@ -454,4 +454,20 @@ mod tests {
         assert!(err.contains("missing field `path`"), "{err}");
         check(r#"{"path":"-"}"#).unwrap();
     }
+
+    #[test]
+    fn keeps_the_stage_contract() {
+        let dir = TempDir::new("compliance");
+        let path = dir.0.join("out.jsonl");
+        let records = (0..3)
+            .map(|i| plugin_api::serde_json::from_str(&format!(r#"{{"n":{i}}}"#)).unwrap())
+            .collect();
+        let config = plugin_api::serde_json::json!({ "path": path.to_str().unwrap() }).to_string();
+        let out = plugin_api::testing::assert_stage_compliance::<Jsonl>(&config, records);
+        assert_eq!(out.records().len(), 3);
+        assert_eq!(
+            fs::read_to_string(&path).unwrap(),
+            "{\"n\":0}\n{\"n\":1}\n{\"n\":2}\n"
+        );
+    }
 }

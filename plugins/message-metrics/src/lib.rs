@@ -400,4 +400,27 @@ mod tests {
         assert!(err.contains("`type_field` must not be empty"), "{err}");
         check(r#"{"timestamp_field":"ts","type_field":"kind"}"#).unwrap();
     }
+
+    #[test]
+    fn keeps_the_stage_contract() {
+        let records = (0..3)
+            .map(|i| {
+                let mut r: Record =
+                    serde_json::from_str(&format!(r#"{{"sent_at":1.0,"level":"l{i}"}}"#)).unwrap();
+                r.meta.size_bytes = 30;
+                r
+            })
+            .collect();
+        let out = plugin_api::testing::assert_stage_compliance::<MessageMetrics>(
+            r#"{"timestamp_field":"sent_at","type_field":"level"}"#,
+            records,
+        );
+        // One metrics record per message, each still that message's.
+        let ids: Vec<u64> = out.records().iter().map(|r| r.meta.id).collect();
+        assert_eq!(ids, [1, 2, 3]);
+        assert!(out
+            .records()
+            .iter()
+            .all(|r| r.get("size_bytes") == Some(&Value::Int(30))));
+    }
 }

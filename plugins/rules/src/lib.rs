@@ -386,4 +386,20 @@ mod tests {
         let err = check(r#"{"rename":{"a":"b","a":"c"}}"#).unwrap_err();
         assert!(err.contains("duplicate key `a`"), "{err}");
     }
+
+    #[test]
+    fn keeps_the_stage_contract() {
+        let records = [
+            "{\"level\":\"debug\"}",
+            "{\"level\":\"info\",\"msg\":\"x\"}",
+        ]
+        .iter()
+        .map(|l| serde_json::from_str::<Record>(l).unwrap())
+        .collect();
+        let out = plugin_api::testing::assert_stage_compliance::<Rules>(
+            r#"{"drop":[{"field":"level","equals":"debug"}],"rename":{"msg":"message"},"set":{"k":1}}"#,
+            records,
+        );
+        assert_eq!(json(&out), [r#"{"level":"info","message":"x","k":1}"#]);
+    }
 }
