@@ -161,6 +161,22 @@ pub struct Envelope {
 }
 
 impl Envelope {
+    /// One envelope per consumer, for a fan-out: copies for all but the last consumer, which
+    /// gets the original (so a single consumer costs no copy).
+    pub fn fan_out(self, consumers: usize) -> Vec<Envelope> {
+        let mut out = Vec::with_capacity(consumers);
+        for _ in 1..consumers {
+            out.push(Envelope {
+                records: self.records.clone(),
+                lineage: self.lineage.clone(),
+            });
+        }
+        if consumers > 0 {
+            out.push(self);
+        }
+        out
+    }
+
     /// Fails every record of an envelope that could not be delivered.
     pub fn fail_all(&self, error_type: &str) {
         for r in self.records.iter() {

@@ -39,9 +39,7 @@ impl Measured {
 }
 
 fn messages(count: u64) -> Vec<ZmqMessage> {
-    let sent_at = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64());
+    let sent_at = crate::clock::unix_secs();
     (0..count)
         .map(|i| ZmqMessage::from(generated_message(i, sent_at)))
         .collect()

@@ -95,6 +95,11 @@ pub struct Phase {
 }
 
 impl Coordinator {
+    /// Whether calls are observed at all.
+    pub fn is_enabled(&self) -> bool {
+        !matches!(self, Coordinator::Disabled)
+    }
+
     #[inline]
     pub fn start_phase(&self) -> Phase {
         match self {

@@ -9,6 +9,7 @@ pub mod accounting;
 pub mod admin;
 pub mod bench;
 pub mod builtin;
+pub mod clock;
 pub mod config;
 pub mod context;
 pub mod coordinator;

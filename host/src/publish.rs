@@ -1,10 +1,12 @@
 //! `host publish`: sends generated JSON messages, for trying a pipeline by hand and for the
 //! benchmark.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressStyle};
 use zeromq::{Socket, SocketSend, ZmqError, ZmqMessage};
+
+use crate::clock::unix_secs;
 
 /// What kind of socket to send from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -41,12 +43,6 @@ pub fn generated_message(i: u64, sent_at: f64) -> String {
         LEVELS[(i % 4) as usize],
         i % 100
     )
-}
-
-fn now_secs() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 enum Sender {
@@ -125,7 +121,7 @@ pub async fn publish(opts: &Publish) -> Result<(), PublishError> {
             }
             None => (opts.count - i).min(1024),
         };
-        let sent_at = now_secs();
+        let sent_at = unix_secs();
         for _ in 0..chunk {
             let mut m = ZmqMessage::from(generated_message(i, sent_at));
             // A PUSH socket with no peer hands the message back; wait for one.

@@ -1,7 +1,7 @@
 //! One lookup, by name, for every stage type: the host's built-in stages (collected through
 //! `inventory`) and those offered by loaded libraries.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use abi_stable::std_types::{RResult, RStr, RString};
 use indexmap::IndexMap;
@@ -54,13 +54,6 @@ impl StageType {
                 lib.manifest.version.to_string(),
                 lib.manifest.api_version.to_string(),
             ),
-        }
-    }
-
-    pub fn library_path(&self) -> Option<&Path> {
-        match &self.provider {
-            Provider::Builtin(_) => None,
-            Provider::Library(lib) => Some(&lib.path),
         }
     }
 

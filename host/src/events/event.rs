@@ -26,7 +26,6 @@ use std::{
         atomic::{AtomicU64, Ordering::Relaxed},
         Arc, OnceLock,
     },
-    time::{SystemTime, UNIX_EPOCH},
 };
 
 use serde::{
@@ -499,13 +498,7 @@ impl Event {
     }
 }
 
-/// Nanoseconds since the Unix epoch (0 if the clock is before it).
-pub fn now_ns() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
-}
+pub use crate::clock::unix_ns as now_ns;
 
 /// This process's instance id, `<hostname>-<pid>`, computed once.
 ///

@@ -86,15 +86,11 @@ impl EventBus for MemoryBus {
         let (queue, rx) = mpsc::channel(capacity.max(1));
         let dropped = Arc::new(AtomicU64::new(0));
         self.write().push(Subscriber {
-            pattern: pattern.clone(),
+            pattern,
             queue,
             dropped: dropped.clone(),
         });
-        Subscription {
-            rx,
-            dropped,
-            pattern,
-        }
+        Subscription { rx, dropped }
     }
 
     fn stats(&self) -> BusStats {
@@ -123,7 +119,6 @@ impl EventBus for MemoryBus {
 pub struct Subscription {
     rx: mpsc::Receiver<Event>,
     dropped: Arc<AtomicU64>,
-    pattern: Pattern,
 }
 
 impl Subscription {
@@ -146,10 +141,6 @@ impl Subscription {
     /// Events this subscription lost because its queue was full.
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Relaxed)
-    }
-
-    pub fn pattern(&self) -> &Pattern {
-        &self.pattern
     }
 }
 

@@ -4,7 +4,7 @@
 
 use std::{
     sync::{Arc, RwLock},
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant},
 };
 
 use futures::future::BoxFuture;
@@ -12,7 +12,7 @@ use plugin_api::HealthStatus;
 use serde::{Serialize, Serializer};
 use tokio::sync::watch;
 
-use crate::config::HealthConfig;
+use crate::{clock::unix_secs, config::HealthConfig};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -86,12 +86,6 @@ pub struct Health {
     listener: Option<Arc<dyn HealthListener>>,
 }
 
-fn unix_now() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
-}
-
 impl Health {
     pub fn new(
         config: HealthConfig,
@@ -139,7 +133,7 @@ impl Health {
                     kind: c.kind,
                     status,
                     reason,
-                    checked_at: unix_now(),
+                    checked_at: unix_secs(),
                     check_ms: started.elapsed().as_secs_f64() * 1e3,
                 }
             }

@@ -11,7 +11,7 @@ pub mod stage;
 
 use std::{
     sync::{Arc, Mutex},
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant},
 };
 
 use serde::Serialize;
@@ -22,6 +22,7 @@ pub use stage::{
 };
 
 use crate::accounting::{PipelineCounters, Totals};
+use crate::clock::unix_secs;
 use crate::lock;
 
 /// The monitor's cumulative view (`/api/metrics`, the `--summary` file).
@@ -59,12 +60,6 @@ pub struct Monitor {
     started: Instant,
     /// Pipeline totals when the current window started.
     window_base: Mutex<(Instant, Totals)>,
-}
-
-fn unix_now() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 fn delta(now: &Totals, base: &Totals) -> Totals {
@@ -125,7 +120,7 @@ impl Monitor {
         let base = lock(&self.window_base);
         WindowSnapshot {
             kind: "monitor.window",
-            timestamp: unix_now(),
+            timestamp: unix_secs(),
             window_seconds: base.0.elapsed().as_secs_f64(),
             pipeline: delta(&self.pipeline.totals(), &base.1),
             stages: self.stages.iter().map(|s| s.window()).collect(),
@@ -138,7 +133,7 @@ impl Monitor {
         let now = self.pipeline.totals();
         let snapshot = WindowSnapshot {
             kind: "monitor.window",
-            timestamp: unix_now(),
+            timestamp: unix_secs(),
             window_seconds: base.0.elapsed().as_secs_f64(),
             pipeline: delta(&now, &base.1),
             stages: self.stages.iter().map(|s| s.take_window()).collect(),

@@ -3,10 +3,7 @@
 
 use std::{
     collections::BTreeMap,
-    sync::{
-        atomic::{AtomicU64, Ordering::Relaxed},
-        Mutex,
-    },
+    sync::Mutex,
     time::{Duration, Instant},
 };
 
@@ -132,8 +129,6 @@ pub struct StageStats {
     pub plugin: String,
     pub kind: StageKind,
     state: Mutex<State>,
-    /// Bumped per call without the lock, for cheap liveness reads.
-    calls: AtomicU64,
 }
 
 /// One stage at a point in time: cumulative, or one window.
@@ -173,13 +168,11 @@ impl StageStats {
                 window_e2e: latency_histogram(),
                 gauges: BTreeMap::new(),
             }),
-            calls: AtomicU64::new(0),
         }
     }
 
     /// The seeds' `on_success` / `on_error`: one call's outcome and duration.
     pub fn record_call(&self, duration: Option<Duration>, outcome: &CallOutcome<'_>) {
-        self.calls.fetch_add(1, Relaxed);
         let mut s = lock(&self.state);
         if let Some(d) = duration {
             let ns = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX).max(1);
@@ -199,10 +192,6 @@ impl StageStats {
                 s.gauges.insert(name.to_owned(), value);
             }
         }
-    }
-
-    pub fn gauges(&self) -> BTreeMap<String, f64> {
-        lock(&self.state).gauges.clone()
     }
 
     /// Single-record failures reported apart from their call (event-driven mode).
@@ -325,10 +314,6 @@ impl StageStats {
     pub fn histograms(&self) -> (Histogram<u64>, Histogram<u64>) {
         let s = lock(&self.state);
         (s.latency.clone(), s.e2e.clone())
-    }
-
-    pub fn calls(&self) -> u64 {
-        self.calls.load(Relaxed)
     }
 }
 

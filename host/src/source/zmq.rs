@@ -6,7 +6,7 @@ use std::{
         atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
         Arc,
     },
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::Duration,
 };
 
 use abi_stable::std_types::RVec;
@@ -127,9 +127,7 @@ impl ZmqSource {
                 _ = stop.changed() => break,
                 m = self.socket.recv() => m,
             };
-            let now_ns = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos() as u64);
+            let now_ns = crate::clock::unix_ns();
             if !self.accept(first, &mut batch, &counters, now_ns) {
                 // A receive error (a peer went away): nothing to read right now.
                 tokio::time::sleep(Duration::from_millis(5)).await;
@@ -187,7 +185,7 @@ impl ZmqSource {
     }
 }
 
-/// Admits a batch (ids, lineage) and sends it to every consumer; the last gets the original.
+/// Admits a batch (ids, lineage) and sends it to every consumer.
 pub async fn send_batch(
     mut records: RVec<Record>,
     outputs: &[mpsc::Sender<Envelope>],
@@ -199,20 +197,11 @@ pub async fn send_batch(
         r.meta.id = first_id + i as u64;
     }
     let lineage = Lineage::admit(first_id, records.len(), counters.clone());
-    let Some((last, rest)) = outputs.split_last() else {
-        // A source nobody reads: its messages are delivered nowhere, i.e. filtered.
-        return;
-    };
-    for tx in rest {
-        let envelope = Envelope {
-            records: records.clone(),
-            lineage: lineage.clone(),
-        };
+    // A source nobody reads delivers its messages nowhere: they settle as filtered.
+    let envelopes = Envelope { records, lineage }.fan_out(outputs.len());
+    for (tx, envelope) in outputs.iter().zip(envelopes) {
         if let Err(mpsc::error::SendError(lost)) = tx.send(envelope).await {
             lost.fail_all("pipeline_closed");
         }
-    }
-    if let Err(mpsc::error::SendError(lost)) = last.send(Envelope { records, lineage }).await {
-        lost.fail_all("pipeline_closed");
     }
 }

@@ -2,7 +2,7 @@
 //!
 //! [`check`] finds every problem that needs the libraries (unknown plugin, rejected config);
 //! [`build_topology`] builds the stage instances; [`Topology::start`] wires bounded queues
-//! between them, starts the workers downstream first, then opens the sources.
+//! between them, starts every worker, then opens the sources.
 
 mod observe;
 mod worker;
@@ -174,8 +174,10 @@ pub struct RunningPipeline {
 }
 
 impl Topology {
-    /// Starts the observation path, the workers (downstream first, so each consumer is
-    /// ready), then the sources, the health checks and the admin API.
+    /// Starts the observation path, then every worker, then the sources, the health checks
+    /// and the admin API. Every queue exists before any worker runs, so the order among the
+    /// workers does not matter; the sources come last, so nothing is read before every
+    /// stage can take it.
     pub async fn start(self) -> Result<RunningPipeline, StartError> {
         let cfg = &self.config;
         let monitoring = &cfg.monitoring;
@@ -235,11 +237,10 @@ impl Topology {
         };
 
         let instance = instance_id();
-        let type_field: Option<Arc<str>> =
-            (mode != MonitoringMode::Disabled).then(|| monitoring.type_field.as_str().into());
+        let type_field: Arc<str> = monitoring.type_field.as_str().into();
         let mut workers = Vec::new();
         let mut health_components = Vec::new();
-        for built in self.stages.into_iter().rev() {
+        for built in self.stages {
             let coordinator = match (&bus, mode) {
                 (_, MonitoringMode::Disabled) | (None, _) => Coordinator::Disabled,
                 (Some(_), MonitoringMode::Direct) => Coordinator::Direct(built.stats.clone()),
@@ -273,7 +274,6 @@ impl Topology {
                 })?;
             workers.push((built.name, handle));
         }
-        health_components.reverse();
 
         let next_id = Arc::new(AtomicU64::new(1));
         let mut endpoints = Vec::new();

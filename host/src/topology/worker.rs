@@ -2,10 +2,7 @@
 //! decided, and passes the rest on. Runs on its own thread: stage calls are synchronous and
 //! may block (an exporter writing a file) without stalling the async runtime.
 
-use std::{
-    sync::{Arc, Mutex},
-    time::{SystemTime, UNIX_EPOCH},
-};
+use std::sync::{Arc, Mutex};
 
 use abi_stable::std_types::{RErr, ROk};
 use plugin_api::{Batch, StageBox, StageKind};
@@ -13,6 +10,7 @@ use tokio::sync::mpsc;
 
 use crate::{
     accounting::Envelope,
+    clock::unix_ns,
     coordinator::Coordinator,
     lock,
     monitor::{CallOutcome, StageStats},
@@ -25,8 +23,8 @@ pub struct Worker {
     pub stage: Arc<Mutex<StageBox>>,
     pub coordinator: Coordinator,
     pub stats: Arc<StageStats>,
-    /// The field whose values are counted per stage; `None` when monitoring is disabled.
-    pub type_field: Option<Arc<str>>,
+    /// The field whose values are counted per stage (`monitoring.type_field`).
+    pub type_field: Arc<str>,
     pub input: mpsc::Receiver<Envelope>,
     pub outputs: Vec<mpsc::Sender<Envelope>>,
 }
@@ -36,6 +34,8 @@ impl Worker {
     pub fn run(mut self) {
         // Exporters deliver what they keep; so does any stage nobody reads from.
         let delivers = self.kind == StageKind::Exporter || self.outputs.is_empty();
+        // Data types and ingest-to-delivery latency are observation too: none when disabled.
+        let observed = self.coordinator.is_enabled();
         let mut ids: Vec<u64> = Vec::with_capacity(1024);
         while let Some(Envelope { records, lineage }) = self.input.blocking_recv() {
             // What is still queued behind this batch: a stage that keeps a deep queue is the
@@ -45,8 +45,8 @@ impl Worker {
             let records_in = records.len();
             ids.clear();
             ids.extend(records.iter().map(|r| r.meta.id));
-            if let Some(field) = &self.type_field {
-                self.stats.record_types(&records, field);
+            if observed {
+                self.stats.record_types(&records, &self.type_field);
             }
             let mut batch = Batch::new(records);
             let phase = self.coordinator.start_phase();
@@ -88,32 +88,18 @@ impl Worker {
             }
             if delivers {
                 lineage.deliver_all(&records);
-                if self.type_field.is_some() {
-                    let now_ns = SystemTime::now()
-                        .duration_since(UNIX_EPOCH)
-                        .map_or(0, |d| d.as_nanos() as u64);
-                    self.stats.record_delivered(&records, now_ns);
+                if observed {
+                    self.stats.record_delivered(&records, unix_ns());
                 }
             }
             if records.is_empty() {
                 continue;
             }
-            let Some((last, rest)) = self.outputs.split_last() else {
-                continue;
-            };
-            for tx in rest {
-                let envelope = Envelope {
-                    records: records.clone(),
-                    lineage: lineage.clone(),
-                };
+            let envelopes = Envelope { records, lineage }.fan_out(self.outputs.len());
+            for (tx, envelope) in self.outputs.iter().zip(envelopes) {
                 if let Err(mpsc::error::SendError(lost)) = tx.blocking_send(envelope) {
                     lost.fail_all("pipeline_closed");
                 }
-            }
-            if let Err(mpsc::error::SendError(lost)) =
-                last.blocking_send(Envelope { records, lineage })
-            {
-                lost.fail_all("pipeline_closed");
             }
         }
         if let RErr(error) = lock(&self.stage).flush() {
