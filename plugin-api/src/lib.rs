@@ -28,4 +28,4 @@ pub use serde;
 pub use serde_json;
 pub use stage::{Batch, Failure, HealthReport, HealthStatus, Outcome, StageError, StageKind};
 pub use tracing;
-pub use value::{Field, Record, RecordMeta, Value};
+pub use value::{Field, JsonError, Record, RecordMeta, Value};

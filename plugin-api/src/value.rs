@@ -111,11 +111,6 @@ impl From<i64> for Value {
         Value::Int(v)
     }
 }
-impl From<u64> for Value {
-    fn from(v: u64) -> Self {
-        i64::try_from(v).map_or(Value::Float(v as f64), Value::Int)
-    }
-}
 impl From<f64> for Value {
     fn from(v: f64) -> Self {
         Value::Float(v)
@@ -249,9 +244,62 @@ impl Serialize for Record {
     }
 }
 
-struct ValueVisitor;
+/// Why a JSON text is not a record. Each kind is its own error type in the host's counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JsonError {
+    /// Not UTF-8.
+    InvalidUtf8,
+    /// Not JSON (or JSON followed by more text).
+    Syntax,
+    /// JSON, but not an object.
+    NotAnObject,
+    /// An object (at any depth) with the same key twice. Refused rather than resolved: a
+    /// stage that tests one occurrence and a reader downstream that takes the other would
+    /// disagree about the record.
+    DuplicateKey,
+    /// An integer outside `i64`, or a number outside `f64`: kept exactly or not at all.
+    NumberOutOfRange,
+}
 
-impl<'de> Visitor<'de> for ValueVisitor {
+impl JsonError {
+    /// The error type a message that fails this way is counted under.
+    pub fn error_type(self) -> &'static str {
+        match self {
+            JsonError::InvalidUtf8 => "invalid_utf8",
+            JsonError::Syntax => "invalid_json",
+            JsonError::NotAnObject => "not_an_object",
+            JsonError::DuplicateKey => "duplicate_key",
+            JsonError::NumberOutOfRange => "number_out_of_range",
+        }
+    }
+}
+
+impl fmt::Display for JsonError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.error_type())
+    }
+}
+
+impl std::error::Error for JsonError {}
+
+/// What a parse found out beside the value: why it failed, when it was one of this crate's
+/// own rules, and whether a float that may have been an overflowing integer was seen.
+#[derive(Default)]
+struct Policy {
+    error: std::cell::Cell<Option<JsonError>>,
+    float_beyond_i64: std::cell::Cell<bool>,
+}
+
+impl Policy {
+    fn fail<E: de::Error>(&self, kind: JsonError, message: fmt::Arguments<'_>) -> E {
+        self.error.set(Some(kind));
+        E::custom(message)
+    }
+}
+
+struct ValueVisitor<'p>(&'p Policy);
+
+impl<'de> Visitor<'de> for ValueVisitor<'_> {
     type Value = Value;
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
@@ -264,7 +312,7 @@ impl<'de> Visitor<'de> for ValueVisitor {
         Ok(Value::Null)
     }
     fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
-        Value::deserialize(d)
+        d.deserialize_any(self)
     }
     fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
         Ok(Value::Bool(v))
@@ -272,10 +320,21 @@ impl<'de> Visitor<'de> for ValueVisitor {
     fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
         Ok(Value::Int(v))
     }
-    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
-        Ok(Value::from(v))
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Value, E> {
+        match i64::try_from(v) {
+            Ok(i) => Ok(Value::Int(i)),
+            Err(_) => Err(self.0.fail(
+                JsonError::NumberOutOfRange,
+                format_args!("integer {v} is outside i64"),
+            )),
+        }
     }
     fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        // serde_json hands an integer literal that overflows u64 or i64 over as a float. Only
+        // a float this large can be one; the text is checked for it after the parse.
+        if v.fract() == 0.0 && (v >= I64_BOUND || v <= -I64_BOUND) {
+            self.0.float_beyond_i64.set(true);
+        }
         Ok(Value::Float(v))
     }
     fn visit_str<E>(self, v: &str) -> Result<Value, E> {
@@ -289,21 +348,56 @@ impl<'de> Visitor<'de> for ValueVisitor {
     }
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
         let mut items = RVec::with_capacity(seq.size_hint().unwrap_or(0));
-        while let Some(v) = seq.next_element()? {
+        while let Some(v) = seq.next_element_seed(ValueSeed(self.0))? {
             items.push(v);
         }
         Ok(Value::List(items))
     }
     fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Value, A::Error> {
-        visit_fields(map).map(Value::Map)
+        visit_fields(map, self.0).map(Value::Map)
     }
 }
 
-fn visit_fields<'de, A: MapAccess<'de>>(mut map: A) -> Result<RVec<Field>, A::Error> {
-    let mut fields = RVec::with_capacity(map.size_hint().unwrap_or(8));
+/// 2^63: integers at or beyond it (or below its negative) do not fit `i64`.
+const I64_BOUND: f64 = 9_223_372_036_854_775_808.0;
+
+struct ValueSeed<'p>(&'p Policy);
+
+impl<'de> de::DeserializeSeed<'de> for ValueSeed<'_> {
+    type Value = Value;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        d.deserialize_any(ValueVisitor(self.0))
+    }
+}
+
+/// Maps this small are checked for duplicate keys by comparing each key with those before
+/// it; larger ones by sorting their keys once (so a map of many keys costs n log n, not n^2).
+const LINEAR_DUPLICATE_CHECK: usize = 16;
+
+fn visit_fields<'de, A: MapAccess<'de>>(
+    mut map: A,
+    policy: &Policy,
+) -> Result<RVec<Field>, A::Error> {
+    let mut fields: RVec<Field> = RVec::with_capacity(map.size_hint().unwrap_or(8));
     while let Some(key) = map.next_key::<KeyString>()? {
-        let value = map.next_value()?;
+        if fields.len() < LINEAR_DUPLICATE_CHECK && fields.iter().any(|f| f.key == key.0) {
+            return Err(policy.fail(
+                JsonError::DuplicateKey,
+                format_args!("duplicate key `{}`", key.0),
+            ));
+        }
+        let value = map.next_value_seed(ValueSeed(policy))?;
         fields.push(Field { key: key.0, value });
+    }
+    if fields.len() > LINEAR_DUPLICATE_CHECK {
+        let mut keys: Vec<&str> = fields.iter().map(|f| f.key.as_str()).collect();
+        keys.sort_unstable();
+        if let Some(pair) = keys.windows(2).find(|w| w[0] == w[1]) {
+            return Err(policy.fail(
+                JsonError::DuplicateKey,
+                format_args!("duplicate key `{}`", pair[0]),
+            ));
+        }
     }
     Ok(fields)
 }
@@ -327,31 +421,99 @@ impl<'de> Deserialize<'de> for KeyString {
     }
 }
 
+/// Values deserialize under the same rules as records (see [`Record::from_json`]).
 impl<'de> Deserialize<'de> for Value {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_any(ValueVisitor)
+        d.deserialize_any(ValueVisitor(&Policy::default()))
     }
 }
 
-/// Deserializes the fields of a record from a JSON object; anything but an object is an error.
-/// `meta` is left at its default for the host to fill in.
+struct RecordVisitor<'p>(&'p Policy);
+
+impl<'de> Visitor<'de> for RecordVisitor<'_> {
+    type Value = Record;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Record, A::Error> {
+        Ok(Record {
+            meta: RecordMeta::default(),
+            fields: visit_fields(map, self.0)?,
+        })
+    }
+}
+
+/// Deserializes the fields of a record from a JSON object; anything but an object is an error,
+/// and so is a duplicate key at any depth. `meta` is left at its default for the host to fill
+/// in.
 impl<'de> Deserialize<'de> for Record {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct RecordVisitor;
-        impl<'de> Visitor<'de> for RecordVisitor {
-            type Value = Record;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a JSON object")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Record, A::Error> {
-                Ok(Record {
-                    meta: RecordMeta::default(),
-                    fields: visit_fields(map)?,
-                })
-            }
-        }
-        d.deserialize_map(RecordVisitor)
+        d.deserialize_map(RecordVisitor(&Policy::default()))
     }
+}
+
+impl Record {
+    /// Parses one JSON object into a record (with `meta` at its default), as the host's
+    /// sources do with every message: duplicate keys at any depth are refused, integers are
+    /// kept exactly as `i64` and refused beyond it, and each failure has its own kind.
+    pub fn from_json(bytes: &[u8]) -> Result<Record, JsonError> {
+        let text = std::str::from_utf8(bytes).map_err(|_| JsonError::InvalidUtf8)?;
+        let policy = Policy::default();
+        let mut de = serde_json::Deserializer::from_str(text);
+        let parsed = de
+            .deserialize_map(RecordVisitor(&policy))
+            .and_then(|r| de.end().map(|()| r));
+        match parsed {
+            Ok(_) if policy.float_beyond_i64.get() && has_integer_beyond_i64(text) => {
+                Err(JsonError::NumberOutOfRange)
+            }
+            Ok(record) => Ok(record),
+            Err(e) => Err(policy.error.get().unwrap_or_else(|| match e.classify() {
+                serde_json::error::Category::Data => JsonError::NotAnObject,
+                // serde_json's own words for a float literal beyond f64.
+                _ if e.to_string().starts_with("number out of range") => {
+                    JsonError::NumberOutOfRange
+                }
+                _ => JsonError::Syntax,
+            })),
+        }
+    }
+}
+
+/// Whether valid JSON `text` holds an integer literal (no fraction, no exponent) outside
+/// `i64`. Only called when a parse saw a float that large, which is rare.
+fn has_integer_beyond_i64(text: &str) -> bool {
+    let bytes = text.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'"' => {
+                i += 1;
+                while i < bytes.len() && bytes[i] != b'"' {
+                    i += if bytes[i] == b'\\' { 2 } else { 1 };
+                }
+                i += 1;
+            }
+            b'-' | b'0'..=b'9' => {
+                let start = i;
+                i += 1;
+                while i < bytes.len() && bytes[i].is_ascii_digit() {
+                    i += 1;
+                }
+                let integer = !matches!(bytes.get(i), Some(b'.' | b'e' | b'E'));
+                if integer && text[start..i].parse::<i64>().is_err() {
+                    return true;
+                }
+                while i < bytes.len()
+                    && matches!(bytes[i], b'.' | b'e' | b'E' | b'+' | b'-' | b'0'..=b'9')
+                {
+                    i += 1;
+                }
+            }
+            _ => i += 1,
+        }
+    }
+    false
 }
 
 impl<'de> Deserialize<'de> for Field {
@@ -383,11 +545,188 @@ mod tests {
     }
 
     #[test]
+    fn each_way_of_not_being_a_record_has_its_own_kind() {
+        let e = |t: &[u8]| Record::from_json(t).map(|_| ());
+        assert_eq!(e(br#"{"a":[1,{"b":2}]}"#), Ok(()));
+        assert_eq!(e(b"{\"a\":\"\xff\"}"), Err(JsonError::InvalidUtf8));
+        assert_eq!(e(b"{\"a\":"), Err(JsonError::Syntax));
+        assert_eq!(e(b"{} {}"), Err(JsonError::Syntax));
+        assert_eq!(e(b"[1]"), Err(JsonError::NotAnObject));
+        assert_eq!(
+            e(br#"{"level":"info","level":"debug"}"#),
+            Err(JsonError::DuplicateKey)
+        );
+        assert_eq!(e(br#"{"a":{"x":1,"x":2}}"#), Err(JsonError::DuplicateKey));
+        assert_eq!(e(br#"{"a":[{"x":1,"x":2}]}"#), Err(JsonError::DuplicateKey));
+        let many: String = (0..100).map(|i| format!("\"k{}\":0,", i % 99)).collect();
+        assert_eq!(
+            e(format!("{{{}\"z\":0}}", many).as_bytes()),
+            Err(JsonError::DuplicateKey)
+        );
+        assert_eq!(
+            e(br#"{"n":18446744073709551617}"#),
+            Err(JsonError::NumberOutOfRange)
+        );
+        assert_eq!(
+            e(br#"{"n":9223372036854775808}"#),
+            Err(JsonError::NumberOutOfRange)
+        );
+        assert_eq!(
+            e(br#"{"n":-9223372036854775809}"#),
+            Err(JsonError::NumberOutOfRange)
+        );
+        assert_eq!(e(br#"{"n":1e400}"#), Err(JsonError::NumberOutOfRange));
+    }
+
+    #[test]
+    fn integers_keep_their_exact_value_and_large_floats_stay_floats() {
+        let r = Record::from_json(
+            br#"{"max":9223372036854775807,"min":-9223372036854775808,"f":1e19,"s":"99999999999999999999"}"#,
+        )
+        .unwrap();
+        assert_eq!(r.get("max"), Some(&Value::Int(i64::MAX)));
+        assert_eq!(r.get("min"), Some(&Value::Int(i64::MIN)));
+        assert_eq!(r.get("f"), Some(&Value::Float(1e19)));
+        assert_eq!(
+            serde_json::to_string(&r).unwrap(),
+            r#"{"max":9223372036854775807,"min":-9223372036854775808,"f":1e+19,"s":"99999999999999999999"}"#
+        );
+    }
+
+    #[test]
     fn rename_replaces_the_target_and_keeps_the_value() {
         let mut r: Record = serde_json::from_str(r#"{"a":1,"b":2}"#).unwrap();
         assert!(r.rename("a", "b"));
         assert_eq!(r.fields.len(), 1);
         assert_eq!(r.get("b"), Some(&Value::Int(1)));
         assert!(!r.rename("missing", "x"));
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// A JSON document as text is written: duplicate keys and integers of any size allowed.
+        #[derive(Debug, Clone)]
+        enum Doc {
+            Null,
+            Bool(bool),
+            Int(i128),
+            Float(f64),
+            Str(String),
+            List(Vec<Doc>),
+            Map(Vec<(String, Doc)>),
+        }
+
+        impl Doc {
+            fn write(&self, out: &mut String) {
+                match self {
+                    Doc::Null => out.push_str("null"),
+                    Doc::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+                    Doc::Int(i) => out.push_str(&i.to_string()),
+                    Doc::Float(f) => out.push_str(&format!("{f:?}")),
+                    Doc::Str(s) => out.push_str(&serde_json::to_string(s).unwrap()),
+                    Doc::List(items) => {
+                        out.push('[');
+                        for (i, item) in items.iter().enumerate() {
+                            if i > 0 {
+                                out.push(',');
+                            }
+                            item.write(out);
+                        }
+                        out.push(']');
+                    }
+                    Doc::Map(fields) => {
+                        out.push('{');
+                        for (i, (k, v)) in fields.iter().enumerate() {
+                            if i > 0 {
+                                out.push(',');
+                            }
+                            out.push_str(&serde_json::to_string(k).unwrap());
+                            out.push(':');
+                            v.write(out);
+                        }
+                        out.push('}');
+                    }
+                }
+            }
+
+            fn has_duplicate_key(&self) -> bool {
+                match self {
+                    Doc::List(items) => items.iter().any(Doc::has_duplicate_key),
+                    Doc::Map(fields) => {
+                        let mut keys: Vec<&String> = fields.iter().map(|(k, _)| k).collect();
+                        keys.sort();
+                        keys.windows(2).any(|w| w[0] == w[1])
+                            || fields.iter().any(|(_, v)| v.has_duplicate_key())
+                    }
+                    _ => false,
+                }
+            }
+
+            fn has_int_beyond_i64(&self) -> bool {
+                match self {
+                    Doc::Int(i) => i64::try_from(*i).is_err(),
+                    Doc::List(items) => items.iter().any(Doc::has_int_beyond_i64),
+                    Doc::Map(fields) => fields.iter().any(|(_, v)| v.has_int_beyond_i64()),
+                    _ => false,
+                }
+            }
+        }
+
+        fn doc() -> impl Strategy<Value = Doc> {
+            let leaf = prop_oneof![
+                Just(Doc::Null),
+                any::<bool>().prop_map(Doc::Bool),
+                any::<i64>().prop_map(|i| Doc::Int(i.into())),
+                any::<i128>().prop_map(Doc::Int),
+                any::<f64>()
+                    .prop_filter("finite", |f| f.is_finite())
+                    .prop_map(Doc::Float),
+                "(?s).{0,12}".prop_map(Doc::Str),
+            ];
+            leaf.prop_recursive(4, 48, 6, |inner| {
+                prop_oneof![
+                    prop::collection::vec(inner.clone(), 0..6).prop_map(Doc::List),
+                    // Keys from a small alphabet, so that duplicates happen.
+                    prop::collection::vec(("[a-d]{1,2}", inner), 0..8).prop_map(Doc::Map),
+                ]
+            })
+        }
+
+        fn object() -> impl Strategy<Value = Doc> {
+            prop::collection::vec(("[a-f]{1,2}", doc()), 0..20).prop_map(Doc::Map)
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(300))]
+
+            /// A record is exactly what serde_json reads, or refused for the documented reason.
+            #[test]
+            fn records_are_what_serde_json_reads_or_refused_for_a_reason(doc in object()) {
+                let mut text = String::new();
+                doc.write(&mut text);
+                let got = Record::from_json(text.as_bytes());
+                match (doc.has_duplicate_key(), doc.has_int_beyond_i64()) {
+                    (false, false) => {
+                        let record = got.expect("a valid object");
+                        let oracle: serde_json::Value = serde_json::from_str(&text).unwrap();
+                        prop_assert_eq!(serde_json::to_value(&record).unwrap(), oracle);
+                    }
+                    (true, false) => prop_assert_eq!(got.err(), Some(JsonError::DuplicateKey)),
+                    (false, true) => prop_assert_eq!(got.err(), Some(JsonError::NumberOutOfRange)),
+                    (true, true) => prop_assert!(matches!(
+                        got,
+                        Err(JsonError::DuplicateKey | JsonError::NumberOutOfRange)
+                    )),
+                }
+            }
+
+            /// Any bytes: an answer, never a panic.
+            #[test]
+            fn arbitrary_bytes_are_answered(bytes in prop::collection::vec(any::<u8>(), 0..256)) {
+                let _ = Record::from_json(&bytes);
+            }
+        }
     }
 }

@@ -33,7 +33,7 @@ stages:
     let bad: Vec<(&str, Vec<u8>)> = vec![
         ("invalid_json", b"{\"a\":".to_vec()),
         ("invalid_json", b"not json".to_vec()),
-        ("invalid_json", b"".to_vec()),
+        ("empty_message", b"".to_vec()),
         ("invalid_json", b"{\"a\":1} trailing".to_vec()),
         ("invalid_utf8", b"{\"a\":\"\xff\"}".to_vec()),
         ("invalid_utf8", b"\xc3\x28".to_vec()),
@@ -41,6 +41,23 @@ stages:
         ("not_an_object", b"\"text\"".to_vec()),
         ("not_an_object", b"42".to_vec()),
         ("not_an_object", b"null".to_vec()),
+        // One policy for duplicate keys, at any depth: refused, so that what a stage tests
+        // is what an exporter writes.
+        (
+            "duplicate_key",
+            br#"{"level":"info","level":"debug"}"#.to_vec(),
+        ),
+        ("duplicate_key", br#"{"a":[{"k":1,"k":1}]}"#.to_vec()),
+        // Integers are kept exactly or not at all.
+        (
+            "number_out_of_range",
+            br#"{"n":18446744073709551617}"#.to_vec(),
+        ),
+        (
+            "number_out_of_range",
+            br#"{"n":9223372036854775808}"#.to_vec(),
+        ),
+        ("number_out_of_range", br#"{"x":1e999}"#.to_vec()),
         ("message_too_large", object_of_len(0, MAX + 1)),
         // Too large is decided before anything else is looked at.
         ("message_too_large", vec![0xff; MAX * 2]),
@@ -52,7 +69,10 @@ stages:
     let mut push_good = |payloads: &mut Vec<Vec<u8>>, len: Option<usize>| {
         payloads.push(match len {
             Some(len) => object_of_len(n, len),
-            None => format!(r#"{{"n":{n},"nested":{{"list":[1,2.5,null,true]}}}}"#).into_bytes(),
+            None => format!(
+                r#"{{"n":{n},"nested":{{"list":[1,2.5,null,true]}},"big":-9223372036854775808}}"#
+            )
+            .into_bytes(),
         });
         good.push(n);
         n += 1;
@@ -75,6 +95,11 @@ stages:
     assert_eq!(
         lines[1]["nested"],
         tests::json!({ "list": [1, 2.5, null, true] })
+    );
+    assert_eq!(
+        lines[1]["big"],
+        tests::json!(i64::MIN),
+        "integers stay exact"
     );
 
     let mut expected: BTreeMap<String, u64> = BTreeMap::new();

@@ -61,7 +61,7 @@ impl MessageMetrics {
             .reserve_exact(if self.type_field.is_some() { 4 } else { 2 });
         out.fields.push(Field::new(
             "size_bytes",
-            Value::from(record.meta.size_bytes),
+            Value::Int(i64::try_from(record.meta.size_bytes).unwrap_or(i64::MAX)),
         ));
         let latency = match record.get(&self.timestamp_field).and_then(Value::as_f64) {
             Some(sent_at) => Value::Float((now - sent_at) * 1000.0),
@@ -72,8 +72,10 @@ impl MessageMetrics {
             let name = type_value(record.get(type_field));
             let count = self.count_type(&name);
             out.fields.push(Field::new("type", &*name));
-            out.fields
-                .push(Field::new("type_count", Value::from(count)));
+            out.fields.push(Field::new(
+                "type_count",
+                Value::Int(i64::try_from(count).unwrap_or(i64::MAX)),
+            ));
         }
         out
     }
