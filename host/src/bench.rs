@@ -4,7 +4,14 @@
 //! for. Machines here are shared and noisy, so the figures that matter are the ratios, and
 //! every round measures all variants back to back.
 
-use std::{path::PathBuf, time::Instant};
+use std::{
+    path::PathBuf,
+    sync::{
+        atomic::{AtomicU64, Ordering::Relaxed},
+        Arc,
+    },
+    time::Instant,
+};
 
 use anyhow::{bail, Context};
 use zeromq::{Socket, SocketRecv, SocketSend, ZmqMessage};
@@ -13,6 +20,7 @@ use crate::{
     config::{MonitoringMode, PipelineConfig},
     publish::generated_message,
     registry::Registry,
+    source::zmtp::{self, Endpoint, Limits, Listener, Role, Sink},
     topology::build_topology,
 };
 
@@ -22,6 +30,9 @@ pub struct BenchOptions {
     pub modes: Vec<MonitoringMode>,
     pub rounds: usize,
 }
+
+/// Where the pipeline variants start in the results: after the two raw receives.
+const PIPELINES: usize = 2;
 
 /// One variant's rates over the rounds, in messages per second.
 #[derive(Debug, Clone)]
@@ -70,6 +81,59 @@ async fn raw_receive(count: u64) -> anyhow::Result<f64> {
     }
     let elapsed = start.elapsed();
     publisher.abort();
+    Ok(count as f64 / elapsed.as_secs_f64())
+}
+
+/// Counts whole messages, for the host's own receive side measured alone.
+struct Counting(Arc<AtomicU64>);
+
+impl Sink for Counting {
+    fn message(&mut self, _first: &[u8], _last: &[u8], _at: u64) {
+        self.0.fetch_add(1, Relaxed);
+    }
+    fn too_large(&mut self) {}
+    fn full(&self) -> bool {
+        false
+    }
+    async fn flush(&mut self) {}
+}
+
+/// The host's own ZMTP receive side (what the pipeline's source runs), with no decoding.
+async fn host_receive(count: u64) -> anyhow::Result<f64> {
+    let msgs = messages(count);
+    let text = "tcp://127.0.0.1:0";
+    let listener = Listener::bind(&Endpoint::parse(text)?, text).await?;
+    let endpoint = listener.endpoint();
+    let received = Arc::new(AtomicU64::new(0));
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let limits = Limits {
+        max_message_bytes: 1 << 20,
+        max_connections: 16,
+        handshake_timeout: std::time::Duration::from_secs(10),
+    };
+    let counter = received.clone();
+    let reader = tokio::spawn(zmtp::run_bound(
+        "bench".into(),
+        listener,
+        Role::Pull,
+        limits,
+        Arc::default(),
+        move || Counting(counter.clone()),
+        stop,
+    ));
+    let start = Instant::now();
+    let publisher = tokio::spawn(push_all(endpoint, msgs));
+    while received.load(Relaxed) < count {
+        if publisher.is_finished() {
+            publisher.await??;
+            bail!("publisher stopped early");
+        }
+        tokio::time::sleep(std::time::Duration::from_micros(500)).await;
+    }
+    let elapsed = start.elapsed();
+    publisher.abort();
+    let _ = stop_tx.send(true);
+    let _ = reader.await;
     Ok(count as f64 / elapsed.as_secs_f64())
 }
 
@@ -122,10 +186,16 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<Vec<Measured>> {
     let out_dir = tempfile_dir()?;
     // The default pipeline writes under ${OUT_DIR:-out}; keep benchmark output out of it.
     std::env::set_var("OUT_DIR", &out_dir);
-    let mut results = vec![Measured {
-        name: "raw zeromq PULL".into(),
-        rates: vec![],
-    }];
+    let mut results = vec![
+        Measured {
+            name: "raw zeromq PULL".into(),
+            rates: vec![],
+        },
+        Measured {
+            name: "raw host ZMTP receive".into(),
+            rates: vec![],
+        },
+    ];
     for mode in &opts.modes {
         results.push(Measured {
             name: format!("pipeline, monitoring {}", mode.as_str()),
@@ -134,8 +204,11 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<Vec<Measured>> {
     }
     for round in 0..opts.rounds {
         results[0].rates.push(raw_receive(opts.count).await?);
+        results[1].rates.push(host_receive(opts.count).await?);
         for (i, mode) in opts.modes.iter().enumerate() {
-            results[i + 1].rates.push(pipeline_run(&opts, *mode).await?);
+            results[i + PIPELINES]
+                .rates
+                .push(pipeline_run(&opts, *mode).await?);
             let _ = std::fs::remove_dir_all(&out_dir);
         }
         eprintln!("round {}/{} done", round + 1, opts.rounds);
@@ -161,18 +234,22 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<Vec<Measured>> {
         .modes
         .iter()
         .position(|m| *m == MonitoringMode::Disabled)
-        .map(|i| results[i + 1].median());
+        .map(|i| results[i + PIPELINES].median());
     if let Some(base) = disabled {
         for (i, mode) in opts.modes.iter().enumerate() {
             if *mode != MonitoringMode::Disabled {
                 println!(
                     "ratio {} / disabled: {:.3}",
                     mode.as_str(),
-                    results[i + 1].median() / base
+                    results[i + PIPELINES].median() / base
                 );
             }
         }
     }
+    println!(
+        "ratio host ZMTP receive / zeromq PULL: {:.3}",
+        results[1].median() / raw
+    );
     let _ = std::fs::remove_dir_all(&out_dir);
     Ok(results)
 }

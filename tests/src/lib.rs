@@ -684,3 +684,95 @@ pub fn is_version(s: &str) -> bool {
             .iter()
             .all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_digit()))
 }
+
+/// The system Python, which has pyzmq (`python3-zmq`); a pyenv one may not.
+pub const PYTHON: &str = "/usr/bin/python3";
+
+/// Sends `count` JSON messages `{"i": N, "from": "pyzmq"}` from a libzmq PUSH socket (pyzmq)
+/// to `endpoint`, and waits until libzmq has handed all of them over.
+pub fn pyzmq_push(endpoint: &str, count: usize) {
+    const SENDER: &str = r#"
+import json, sys, zmq
+endpoint, count = sys.argv[1], int(sys.argv[2])
+ctx = zmq.Context()
+push = ctx.socket(zmq.PUSH)
+push.setsockopt(zmq.LINGER, 20000)  # close() waits until everything is sent
+push.connect(endpoint)
+for i in range(count):
+    push.send_string(json.dumps({"i": i, "from": "pyzmq"}))
+push.close()
+ctx.term()
+"#;
+    let mut python = Command::new(PYTHON);
+    python
+        .arg("-c")
+        .arg(SENDER)
+        .arg(endpoint)
+        .arg(count.to_string());
+    let out = run_with_timeout(python);
+    assert!(
+        out.status.success(),
+        "the pyzmq sender failed: {}",
+        out.stderr
+    );
+}
+
+/// A field of `/proc/PID/status` in kB or as a plain count (`VmRSS`, `VmHWM`, `Threads`).
+pub fn proc_status(pid: u32, field: &str) -> u64 {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field).and_then(|v| v.strip_prefix(':')))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+}
+
+/// Raw ZMTP 3 bytes, for peers that misbehave on purpose.
+pub mod zmtp {
+    /// A ZMTP 3.0 greeting with the NULL mechanism.
+    pub fn greeting() -> Vec<u8> {
+        let mut g = vec![0xff, 0, 0, 0, 0, 0, 0, 0, 0, 0x7f, 3, 0];
+        g.extend_from_slice(b"NULL");
+        g.resize(64, 0);
+        g
+    }
+
+    /// A frame header for a body of `len` bytes (`more`: another frame follows).
+    pub fn header(len: u64, more: bool, command: bool) -> Vec<u8> {
+        let flags = u8::from(more) | if command { 0x04 } else { 0 };
+        if len > 255 {
+            let mut h = vec![flags | 0x02];
+            h.extend_from_slice(&len.to_be_bytes());
+            h
+        } else {
+            vec![flags, len as u8]
+        }
+    }
+
+    /// A whole frame.
+    pub fn frame(body: &[u8], more: bool) -> Vec<u8> {
+        let mut f = header(body.len() as u64, more, false);
+        f.extend_from_slice(body);
+        f
+    }
+
+    /// READY announcing `socket_type`.
+    pub fn ready(socket_type: &str) -> Vec<u8> {
+        let mut body = vec![5];
+        body.extend_from_slice(b"READY");
+        body.push(11);
+        body.extend_from_slice(b"Socket-Type");
+        body.extend_from_slice(&(socket_type.len() as u32).to_be_bytes());
+        body.extend_from_slice(socket_type.as_bytes());
+        let mut f = header(body.len() as u64, false, true);
+        f.extend_from_slice(&body);
+        f
+    }
+
+    /// Greeting then READY as a PUSH socket: what a good peer sends before its messages.
+    pub fn push_handshake() -> Vec<u8> {
+        let mut h = greeting();
+        h.extend(ready("PUSH"));
+        h
+    }
+}

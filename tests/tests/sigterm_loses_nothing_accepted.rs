@@ -23,6 +23,7 @@ stages:
     config: { path: "{{dir}}/out.jsonl" }
 "#,
     );
+    // Paced, so that the stream is still flowing when SIGTERM comes (about 3 s of it).
     let mut publish = host_command();
     publish.args([
         "publish",
@@ -30,6 +31,8 @@ stages:
         &host.endpoint,
         "--count",
         &count.to_string(),
+        "--rate",
+        "100000",
     ]);
     let mut publisher = Background::spawn(publish);
 

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use tests::{assert_reconciled, host_command, read_lines, totals, Background, Host};
+use tests::{assert_reconciled, host_command, proc_status, read_lines, totals, Background, Host};
 
 /// Messages per batch, batches per queue, and the slow stage's pause per batch.
 const BATCH: u64 = 100;
@@ -86,10 +86,5 @@ runtime:
 
 /// The host's resident memory, in kB.
 fn rss_kb(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS")
+    proc_status(pid, "VmRSS")
 }

@@ -295,6 +295,8 @@ pub async fn render(state: &AdminState) -> String {
         );
     }
 
+    sources(&mut e, &snap.sources);
+
     let view = state.health.view().await;
     e.family(
         "host_component_health_status",
@@ -322,4 +324,55 @@ pub async fn render(state: &AdminState) -> String {
     );
     e.sample("host_ready", &[], if view.ready { 1.0 } else { 0.0 });
     e.finish()
+}
+
+fn sources(e: &mut Exposition, sources: &[crate::monitor::SourceSnapshot]) {
+    e.family(
+        "host_source_connections",
+        "gauge",
+        "Peers connected to the source now.",
+    );
+    for s in sources {
+        e.sample(
+            "host_source_connections",
+            &[("source", &s.source)],
+            s.connections_active as f64,
+        );
+    }
+    e.family(
+        "host_source_connections_total",
+        "counter",
+        "Connections to the source: accepted, or refused because max_connections were served.",
+    );
+    for s in sources {
+        for (outcome, n) in [
+            ("accepted", s.connections_accepted),
+            ("refused", s.connections_refused),
+        ] {
+            e.sample(
+                "host_source_connections_total",
+                &[("source", &s.source), ("outcome", outcome)],
+                n as f64,
+            );
+        }
+    }
+    e.family(
+        "host_source_peers_dropped_total",
+        "counter",
+        "Peers dropped by the source, by reason: a handshake timeout or a protocol error.",
+    );
+    for s in sources {
+        e.sample(
+            "host_source_peers_dropped_total",
+            &[("source", &s.source), ("reason", "handshake_timeout")],
+            s.handshake_timeouts as f64,
+        );
+        for (reason, n) in &s.protocol_errors {
+            e.sample(
+                "host_source_peers_dropped_total",
+                &[("source", &s.source), ("reason", reason)],
+                *n as f64,
+            );
+        }
+    }
 }

@@ -134,6 +134,12 @@ pub struct SourceConfig {
     /// At most this many messages go to the stages in one call.
     #[serde(default = "default_batch_size")]
     pub batch_size: usize,
+    /// Peers served at once (a bound socket); more are closed as soon as they connect.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// A peer that has not completed the ZMTP handshake in this time is dropped.
+    #[serde(default = "default_handshake_timeout", with = "humantime_serde")]
+    pub handshake_timeout: Duration,
 }
 
 fn default_decode() -> Decode {
@@ -144,6 +150,12 @@ fn default_max_message_bytes() -> usize {
 }
 fn default_batch_size() -> usize {
     1024
+}
+fn default_max_connections() -> usize {
+    1024
+}
+fn default_handshake_timeout() -> Duration {
+    Duration::from_secs(10)
 }
 
 impl SourceConfig {
@@ -393,6 +405,12 @@ impl PipelineConfig {
                 out.push(self.diagnostic(
                     &["sources", name, "topics"],
                     format!("source `{name}`: `topics` only applies to `socket: sub`"),
+                ));
+            }
+            if source.max_connections == 0 {
+                out.push(self.diagnostic(
+                    &["sources", name, "max_connections"],
+                    "`max_connections` must be at least 1",
                 ));
             }
             if source.batch_size == 0 {

@@ -10,7 +10,8 @@ pub mod plugin;
 pub mod stage;
 
 use std::{
-    sync::{Arc, Mutex},
+    collections::BTreeMap,
+    sync::{atomic::Ordering::Relaxed, Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -24,6 +25,7 @@ pub use stage::{
 use crate::accounting::{PipelineCounters, Totals};
 use crate::clock::unix_secs;
 use crate::lock;
+use crate::source::zmtp::ConnectionStats;
 
 /// The monitor's cumulative view (`/api/metrics`, the `--summary` file).
 #[derive(Debug, Clone, Serialize)]
@@ -32,6 +34,8 @@ pub struct Snapshot {
     pub uptime_seconds: f64,
     pub pipeline: Totals,
     pub stages: Vec<StageSnapshot>,
+    /// Each source's connections.
+    pub sources: Vec<SourceSnapshot>,
     /// The current window so far.
     pub window: WindowSnapshot,
     pub plugin_metrics: Vec<plugin::SeriesSnapshot>,
@@ -51,12 +55,26 @@ pub struct WindowSnapshot {
     pub stages: Vec<StageSnapshot>,
 }
 
+/// One source's connections, cumulative.
+#[derive(Debug, Clone, Serialize)]
+pub struct SourceSnapshot {
+    pub source: String,
+    pub connections_active: u64,
+    pub connections_accepted: u64,
+    /// Closed at once because `max_connections` peers were being served.
+    pub connections_refused: u64,
+    pub handshake_timeouts: u64,
+    /// Peers dropped for bytes that are not ZMTP this host speaks, by reason.
+    pub protocol_errors: BTreeMap<&'static str, u64>,
+}
+
 /// Statistics of every stage plus the pipeline totals.
 pub struct Monitor {
     pub mode: &'static str,
     pub pipeline: Arc<PipelineCounters>,
     pub stages: Vec<Arc<StageStats>>,
     pub plugins: Arc<PluginMetrics>,
+    sources: Mutex<Vec<(String, Arc<ConnectionStats>)>>,
     started: Instant,
     /// Pipeline totals when the current window started.
     window_base: Mutex<(Instant, Totals)>,
@@ -90,6 +108,7 @@ impl Monitor {
             pipeline,
             stages,
             plugins: Arc::new(PluginMetrics::default()),
+            sources: Mutex::new(Vec::new()),
             started: now,
             window_base: Mutex::new((now, Totals::default())),
         }
@@ -97,6 +116,25 @@ impl Monitor {
 
     pub fn uptime(&self) -> Duration {
         self.started.elapsed()
+    }
+
+    /// Adds a source's connection counters to the snapshots.
+    pub fn register_source(&self, name: &str, stats: Arc<ConnectionStats>) {
+        lock(&self.sources).push((name.to_owned(), stats));
+    }
+
+    fn source_snapshots(&self) -> Vec<SourceSnapshot> {
+        lock(&self.sources)
+            .iter()
+            .map(|(name, s)| SourceSnapshot {
+                source: name.clone(),
+                connections_active: s.active.load(Relaxed),
+                connections_accepted: s.accepted.load(Relaxed),
+                connections_refused: s.refused.load(Relaxed),
+                handshake_timeouts: s.handshake_timeouts.load(Relaxed),
+                protocol_errors: s.protocol_errors.counts().collect(),
+            })
+            .collect()
     }
 
     pub fn stage(&self, name: &str) -> Option<&Arc<StageStats>> {
@@ -110,6 +148,7 @@ impl Monitor {
             uptime_seconds: uptime.as_secs_f64(),
             pipeline: self.pipeline.totals(),
             stages: self.stages.iter().map(|s| s.snapshot(uptime)).collect(),
+            sources: self.source_snapshots(),
             window: self.current_window(),
             plugin_metrics: self.plugins.snapshot(),
         }

@@ -2,9 +2,10 @@
 //! sends them on in batches.
 
 pub mod zmq;
+pub mod zmtp;
 
 use abi_stable::std_types::RVec;
-use plugin_api::{Field, Record, RecordMeta, Value};
+use plugin_api::{Field, JsonError, Record, RecordMeta, Value};
 
 use crate::config::Decode;
 
@@ -13,18 +14,16 @@ use crate::config::Decode;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DecodeError {
     TooLarge,
-    InvalidUtf8,
-    InvalidJson,
-    NotAnObject,
+    Empty,
+    Json(JsonError),
 }
 
 impl DecodeError {
     pub fn error_type(self) -> &'static str {
         match self {
             DecodeError::TooLarge => "message_too_large",
-            DecodeError::InvalidUtf8 => "invalid_utf8",
-            DecodeError::InvalidJson => "invalid_json",
-            DecodeError::NotAnObject => "not_an_object",
+            DecodeError::Empty => "empty_message",
+            DecodeError::Json(e) => e.error_type(),
         }
     }
 }
@@ -34,14 +33,11 @@ pub fn decode(payload: &[u8], decode: Decode, max_bytes: usize) -> Result<Record
     if payload.len() > max_bytes {
         return Err(DecodeError::TooLarge);
     }
+    if payload.is_empty() {
+        return Err(DecodeError::Empty);
+    }
     match decode {
-        Decode::Json => {
-            let text = std::str::from_utf8(payload).map_err(|_| DecodeError::InvalidUtf8)?;
-            serde_json::from_str::<Record>(text).map_err(|e| match e.classify() {
-                serde_json::error::Category::Data => DecodeError::NotAnObject,
-                _ => DecodeError::InvalidJson,
-            })
-        }
+        Decode::Json => Record::from_json(payload).map_err(DecodeError::Json),
         Decode::Raw => {
             let value = match std::str::from_utf8(payload) {
                 Ok(text) => Value::Str(text.into()),
@@ -70,6 +66,12 @@ mod tests {
         assert_eq!(d(b"{\"a\":"), Err("invalid_json"));
         assert_eq!(d(b"[1,2]"), Err("not_an_object"));
         assert_eq!(d(&[b' '; 65]), Err("message_too_large"));
+        assert_eq!(d(b""), Err("empty_message"));
+        assert_eq!(d(br#"{"a":1,"a":2}"#), Err("duplicate_key"));
+        assert_eq!(
+            d(br#"{"a":18446744073709551617}"#),
+            Err("number_out_of_range")
+        );
     }
 
     #[test]

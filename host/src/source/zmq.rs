@@ -1,187 +1,189 @@
-//! The ZeroMQ source: a PULL or SUB socket, bound or connected, whose messages are decoded
-//! and sent on in batches of whatever is ready (never waiting to fill a batch).
+//! The ZeroMQ source: a PULL or SUB socket, bound or connected, read by the host's own ZMTP
+//! receive side ([`super::zmtp`]). Each connection decodes its messages straight from its
+//! read buffer and sends them on in batches of whatever is ready (never waiting to fill a
+//! batch).
 
-use std::{
-    sync::{
-        atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
-        Arc,
-    },
-    time::Duration,
+use std::sync::{
+    atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
+    Arc,
 };
 
 use abi_stable::std_types::RVec;
-use futures::FutureExt;
 use plugin_api::Record;
 use tokio::sync::{mpsc, watch};
-use zeromq::{Socket, SocketRecv, ZmqError, ZmqMessage, ZmqResult};
 
-use super::decode;
+use super::{
+    decode,
+    zmtp::{self, ConnectionStats, Endpoint, EndpointError, Limits, Listener, Role, Sink},
+    DecodeError,
+};
 use crate::{
     accounting::{Envelope, Lineage, PipelineCounters},
-    config::{SocketKind, SourceConfig},
+    config::{Decode, SocketKind, SourceConfig},
 };
 
 /// Why a source could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
-    #[error("source `{source_name}`: cannot {action} {endpoint}")]
-    Socket {
+    #[error("source `{source_name}`")]
+    Endpoint {
         source_name: String,
-        action: &'static str,
-        endpoint: String,
         #[source]
-        source: ZmqError,
+        source: EndpointError,
     },
 }
 
-enum ZmqSocket {
-    Pull(zeromq::PullSocket),
-    Sub(zeromq::SubSocket),
+enum Socket {
+    Bound(Listener),
+    Connecting(Endpoint),
 }
 
-impl ZmqSocket {
-    async fn recv(&mut self) -> ZmqResult<ZmqMessage> {
-        match self {
-            ZmqSocket::Pull(s) => s.recv().await,
-            ZmqSocket::Sub(s) => s.recv().await,
-        }
-    }
-}
-
-/// A source whose socket is open, ready to run.
+/// A source whose socket is open (bound, or about to connect), ready to run.
 pub struct ZmqSource {
-    name: String,
+    name: Arc<str>,
     config: SourceConfig,
-    socket: ZmqSocket,
-    /// The endpoint as bound (with the port resolved) or connected.
+    socket: Socket,
+    /// The endpoint as bound (with the port resolved) or connected to.
     pub endpoint: String,
-    /// True while the socket is open and the source reads it.
+    /// True while the source reads: its socket is bound, or connected to its peer.
     pub up: Arc<AtomicBool>,
+    pub stats: Arc<ConnectionStats>,
 }
 
 impl ZmqSource {
-    /// Opens the socket: subscribes, then binds or connects.
+    /// Binds the socket, or checks the endpoint it will connect to.
     pub async fn open(name: &str, config: &SourceConfig) -> Result<ZmqSource, SourceError> {
-        let (endpoint, bind) = config.endpoint();
-        let err = |action, source| SourceError::Socket {
+        let (text, bind) = config.endpoint();
+        let err = |source| SourceError::Endpoint {
             source_name: name.to_owned(),
-            action,
-            endpoint: endpoint.to_owned(),
             source,
         };
-        let mut socket = match config.socket {
-            SocketKind::Pull => ZmqSocket::Pull(zeromq::PullSocket::new()),
-            SocketKind::Sub => {
-                let mut s = zeromq::SubSocket::new();
-                let topics = if config.topics.is_empty() {
-                    vec![String::new()]
-                } else {
-                    config.topics.clone()
-                };
-                for topic in &topics {
-                    s.subscribe(topic)
-                        .await
-                        .map_err(|e| err("subscribe on", e))?;
-                }
-                ZmqSocket::Sub(s)
-            }
-        };
-        let resolved = if bind {
-            let bound = match &mut socket {
-                ZmqSocket::Pull(s) => s.bind(endpoint).await,
-                ZmqSocket::Sub(s) => s.bind(endpoint).await,
-            };
-            bound.map_err(|e| err("bind", e))?.to_string()
+        let endpoint = Endpoint::parse(text).map_err(err)?;
+        let (socket, resolved, up) = if bind {
+            let listener = Listener::bind(&endpoint, text).await.map_err(err)?;
+            let resolved = listener.endpoint();
+            (Socket::Bound(listener), resolved, true)
         } else {
-            let connected = match &mut socket {
-                ZmqSocket::Pull(s) => s.connect(endpoint).await,
-                ZmqSocket::Sub(s) => s.connect(endpoint).await,
-            };
-            connected.map_err(|e| err("connect to", e))?;
-            endpoint.to_owned()
+            (Socket::Connecting(endpoint), text.to_owned(), false)
         };
         tracing::info!(source = name, endpoint = %resolved, bind, "source listening");
         Ok(ZmqSource {
-            name: name.to_owned(),
+            name: name.into(),
             config: config.clone(),
             socket,
             endpoint: resolved,
-            up: Arc::new(AtomicBool::new(true)),
+            up: Arc::new(AtomicBool::new(up)),
+            stats: Arc::default(),
         })
     }
 
     /// Reads until `stop` turns true, then sends what it has and returns. Dropping the
     /// output senders on return is what lets the stages drain and finish.
     pub async fn run(
-        mut self,
+        self,
         outputs: Vec<mpsc::Sender<Envelope>>,
         counters: Arc<PipelineCounters>,
         next_id: Arc<AtomicU64>,
-        mut stop: watch::Receiver<bool>,
+        stop: watch::Receiver<bool>,
     ) {
-        let batch_size = self.config.batch_size;
-        let mut batch: RVec<Record> = RVec::with_capacity(batch_size);
-        loop {
-            let first = tokio::select! {
-                biased;
-                _ = stop.changed() => break,
-                m = self.socket.recv() => m,
-            };
-            let now_ns = crate::clock::unix_ns();
-            if !self.accept(first, &mut batch, &counters, now_ns) {
-                // A receive error (a peer went away): nothing to read right now.
-                tokio::time::sleep(Duration::from_millis(5)).await;
+        let cfg = &self.config;
+        let role = match cfg.socket {
+            SocketKind::Pull => Role::Pull,
+            SocketKind::Sub => Role::Sub {
+                topics: if cfg.topics.is_empty() {
+                    vec![Vec::new()]
+                } else {
+                    cfg.topics.iter().map(|t| t.as_bytes().to_vec()).collect()
+                },
+            },
+        };
+        let limits = Limits {
+            max_message_bytes: cfg.max_message_bytes,
+            max_connections: cfg.max_connections,
+            handshake_timeout: cfg.handshake_timeout,
+        };
+        let outputs: Arc<[mpsc::Sender<Envelope>]> = outputs.into();
+        let make_sink = || BatchSink {
+            decode: cfg.decode,
+            max_bytes: cfg.max_message_bytes,
+            batch_size: cfg.batch_size,
+            batch: RVec::new(),
+            outputs: outputs.clone(),
+            counters: counters.clone(),
+            next_id: next_id.clone(),
+        };
+        match self.socket {
+            Socket::Bound(listener) => {
+                zmtp::run_bound(
+                    self.name.clone(),
+                    listener,
+                    role,
+                    limits,
+                    self.stats.clone(),
+                    make_sink,
+                    stop,
+                )
+                .await
             }
-            // Take whatever else is ready without waiting: batches form under load and
-            // stay small (low latency) when traffic is light. `recv` is cancel-safe.
-            while batch.len() < batch_size {
-                match self.socket.recv().now_or_never() {
-                    Some(m) => {
-                        if !self.accept(m, &mut batch, &counters, now_ns) {
-                            break;
-                        }
-                    }
-                    None => break,
-                }
-            }
-            if !batch.is_empty() {
-                let full = std::mem::replace(&mut batch, RVec::with_capacity(batch_size));
-                send_batch(full, &outputs, &counters, &next_id).await;
+            Socket::Connecting(endpoint) => {
+                zmtp::run_connected(
+                    self.name.clone(),
+                    endpoint,
+                    role,
+                    limits,
+                    self.stats.clone(),
+                    make_sink(),
+                    self.up.clone(),
+                    stop,
+                )
+                .await
             }
         }
         self.up.store(false, Relaxed);
         tracing::info!(source = %self.name, "source stopped reading");
     }
+}
 
-    /// Decodes one received message into `batch`; false when the receive itself failed.
-    fn accept(
-        &self,
-        message: ZmqResult<ZmqMessage>,
-        batch: &mut RVec<Record>,
-        counters: &PipelineCounters,
-        now_ns: u64,
-    ) -> bool {
-        let message = match message {
-            Ok(m) => m,
-            Err(e) => {
-                tracing::debug!(source = %self.name, error = %e, "receive error");
-                return false;
-            }
-        };
-        // Multipart messages (a topic frame, then the payload) carry the payload last.
-        let Some(payload) = message.get(message.len().saturating_sub(1)) else {
-            counters.reject("empty_message", 1);
-            return true;
-        };
-        match decode(payload, self.config.decode, self.config.max_message_bytes) {
+/// One connection's messages, decoded into a batch for the stages.
+struct BatchSink {
+    decode: Decode,
+    max_bytes: usize,
+    batch_size: usize,
+    batch: RVec<Record>,
+    outputs: Arc<[mpsc::Sender<Envelope>]>,
+    counters: Arc<PipelineCounters>,
+    next_id: Arc<AtomicU64>,
+}
+
+impl Sink for BatchSink {
+    fn message(&mut self, _first: &[u8], payload: &[u8], received_at_ns: u64) {
+        if self.batch.capacity() == 0 {
+            self.batch.reserve(self.batch_size.min(64));
+        }
+        match decode(payload, self.decode, self.max_bytes) {
             Ok(mut record) => {
                 record.meta.size_bytes = payload.len() as u64;
-                record.meta.received_at_ns = now_ns;
-                batch.push(record);
+                record.meta.received_at_ns = received_at_ns;
+                self.batch.push(record);
             }
-            Err(e) => counters.reject(e.error_type(), 1),
+            Err(e) => self.counters.reject(e.error_type(), 1),
         }
-        true
+    }
+
+    fn too_large(&mut self) {
+        self.counters.reject(DecodeError::TooLarge.error_type(), 1);
+    }
+
+    fn full(&self) -> bool {
+        self.batch.len() >= self.batch_size
+    }
+
+    async fn flush(&mut self) {
+        if self.batch.is_empty() {
+            return;
+        }
+        let records = std::mem::take(&mut self.batch);
+        send_batch(records, &self.outputs, &self.counters, &self.next_id).await;
     }
 }
 

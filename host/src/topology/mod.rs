@@ -282,6 +282,7 @@ impl Topology {
             // On failure the senders held here drop, so the started workers drain and end.
             let source = ZmqSource::open(name, source_cfg).await?;
             endpoints.push((name.clone(), source.endpoint.clone()));
+            monitor.register_source(name, source.stats.clone());
             health_components.push(observe::source_check(
                 name,
                 &source.endpoint,
