@@ -89,6 +89,10 @@ pub struct PluginsConfig {
     /// Files or directories to load stage libraries from.
     #[serde(default)]
     pub paths: Vec<PathBuf>,
+    /// Load libraries from files or directories that others than their owner can write
+    /// (refused otherwise), with a warning each.
+    #[serde(default)]
+    pub allow_insecure_paths: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -274,16 +278,38 @@ pub struct AdminConfig {
     /// `host:port` to listen on; `null` turns the server off.
     #[serde(default = "default_admin_listen")]
     pub listen: Option<String>,
+    /// Connections served at once; more are closed as soon as they are accepted.
+    #[serde(default = "default_admin_max_connections")]
+    pub max_connections: usize,
+    /// A request head (request line and headers) must arrive within this time.
+    #[serde(default = "default_admin_header_timeout", with = "humantime_serde")]
+    pub header_timeout: Duration,
+    /// A connection with nothing sent or received for this long is closed.
+    #[serde(default = "default_admin_idle_timeout", with = "humantime_serde")]
+    pub idle_timeout: Duration,
 }
 
 fn default_admin_listen() -> Option<String> {
     Some("127.0.0.1:9464".into())
 }
 
+fn default_admin_max_connections() -> usize {
+    64
+}
+fn default_admin_header_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_admin_idle_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+
 impl Default for AdminConfig {
     fn default() -> Self {
         AdminConfig {
             listen: default_admin_listen(),
+            max_connections: default_admin_max_connections(),
+            header_timeout: default_admin_header_timeout(),
+            idle_timeout: default_admin_idle_timeout(),
         }
     }
 }
@@ -425,6 +451,12 @@ impl PipelineConfig {
                     format!("`{name}` names both a source and a stage"),
                 ));
             }
+        }
+        if self.monitoring.admin.max_connections == 0 {
+            out.push(self.diagnostic(
+                &["monitoring", "admin", "max_connections"],
+                "`max_connections` must be at least 1",
+            ));
         }
         if self.runtime.queue_capacity == 0 {
             out.push(self.diagnostic(
