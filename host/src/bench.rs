@@ -148,7 +148,7 @@ async fn pipeline_run(opts: &BenchOptions, mode: MonitoringMode) -> anyhow::Resu
     source.connect = None;
     // A benchmark must not collide with a running host's admin port.
     cfg.monitoring.admin.listen = None;
-    let registry = Registry::load(&cfg.plugins.paths);
+    let registry = Registry::for_pipeline(&cfg.plugins);
     let topology = build_topology(cfg, &registry)?;
     let running = topology.start().await?;
     let endpoint = running.endpoints[0].1.clone();

@@ -1,24 +1,107 @@
 //! Stage libraries -> their root modules. A library that is not a plugin, or was built against
 //! an incompatible plugin-api, is refused with one short line naming the file and the reason;
 //! abi_stable's full layout report goes to the debug log only.
+//!
+//! The dynamic loader trusts the files it is given: it maps a truncated file as if it were
+//! whole (touching the missing part is a SIGBUS, not an error), and it runs a library's
+//! initialisers before anyone can ask whether the library is a plugin at all. So each file is
+//! opened once and checked through that descriptor before `dlopen` sees it:
+//!
+//! - it is a regular file of at most 1 GiB, an ELF shared object of this host's class, byte
+//!   order and machine, whose headers, segments and sections all lie inside the file;
+//! - its dynamic symbol table exports abi_stable's root module (files in a scanned directory
+//!   that do not are skipped quietly, so a foreign library never runs a line of code here);
+//! - neither the file nor a directory above it can be written by others than its owner
+//!   (unless `plugins.allow_insecure_paths`).
+//!
+//! Then `/proc/self/fd/N` is loaded: the very file that was checked, whatever happens to its
+//! name meanwhile. Paths are file-system paths, relative to the working directory; a bare
+//! `libfoo.so` is never looked up on the system's library path.
 
-use std::path::{Path, PathBuf};
+use std::{
+    fs::{self, File},
+    io,
+    os::{
+        fd::{AsRawFd, IntoRawFd},
+        unix::fs::MetadataExt,
+    },
+    path::{Path, PathBuf},
+    sync::OnceLock,
+};
 
-use abi_stable::library::{lib_header_from_path, LibraryError};
+use abi_stable::library::{lib_header_from_path, LibraryError, ROOT_MODULE_LOADER_NAME};
+use object::{
+    elf,
+    read::elf::{FileHeader, ProgramHeader, SectionHeader, Sym},
+    Endianness, ReadCache, ReadRef, SectionIndex,
+};
 use plugin_api::{Manifest, PluginModRef};
 
 /// A library whose root module was checked and initialized. Never unloaded: abi_stable leaks
 /// libraries on purpose, since stage objects may outlive any handle.
 #[derive(Clone)]
 pub struct LoadedLibrary {
+    /// The path as it was given (not the `/proc/self/fd` name it was loaded by).
     pub path: PathBuf,
     pub manifest: Manifest,
     pub module: PluginModRef,
 }
 
-/// Why a library was refused.
+/// How strict loading is.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LoadOptions {
+    /// Load libraries that others than their owner can write (the file, or a directory above
+    /// it), with a warning each, instead of refusing them. `plugins.allow_insecure_paths`.
+    pub allow_insecure_paths: bool,
+}
+
+/// Why a library was refused. The display is one line; where there is a cause, it is the
+/// `source()` and belongs on the same line after a colon.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
+    /// Nothing at the path. Paths are never looked up on the system's library path.
+    #[error(
+        "{path}: not found (plugin paths are files or directories, relative to the working directory)"
+    )]
+    NotFound { path: PathBuf },
+    /// The file, or what it is, could not be read.
+    #[error("{path}: cannot be read")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    /// A directory named where a file was expected, a device, a FIFO...
+    #[error("{path}: not a regular file")]
+    NotAFile { path: PathBuf },
+    /// Over [`MAX_LIBRARY_BYTES`]; nothing of it was read.
+    #[error("{path}: {size} bytes, more than the 1 GiB a library file may have")]
+    TooLarge { path: PathBuf, size: u64 },
+    /// Not an ELF shared object this host can load, or one that is cut short or corrupt.
+    /// Found before `dlopen`, which would fail or crash the process on it.
+    #[error("{path}: not a library this host can load")]
+    BadFile {
+        path: PathBuf,
+        #[source]
+        source: ElfError,
+    },
+    /// The file, or a directory above it, can be written by others than its owner, who could
+    /// so put their code into the host. `culprit` is that file or directory.
+    #[error("{path}: writable by others than its owner ({culprit} has mode {mode:04o}; see plugins.allow_insecure_paths)")]
+    Insecure {
+        path: PathBuf,
+        culprit: PathBuf,
+        mode: u32,
+    },
+    /// Who can write the file could not be found out.
+    #[error("{path}: cannot check who can write {culprit}")]
+    Unverifiable {
+        path: PathBuf,
+        culprit: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    /// The dynamic loader refused the file (a missing dependency, an unresolved symbol).
     #[error("{path}: cannot be opened as a shared library: {reason}")]
     Open { path: PathBuf, reason: String },
     #[error("{path}: not a plugin (it exports no plugin-api root module)")]
@@ -31,35 +114,446 @@ pub enum LoadError {
     ReadDir {
         path: PathBuf,
         #[source]
-        source: std::io::Error,
+        source: io::Error,
     },
 }
+
+/// What is wrong with a file as an ELF shared library for this host.
+#[derive(Debug, thiserror::Error)]
+pub enum ElfError {
+    #[error("not an ELF file")]
+    NotElf,
+    #[error("a {bits}-bit ELF file; this host is {host}-bit", host = usize::BITS)]
+    WrongClass { bits: u32 },
+    #[error("a {found}-endian ELF file; this host is {host}-endian", host = HOST_ENDIAN)]
+    WrongEndian { found: &'static str },
+    #[error("not a shared library but {kind}")]
+    NotShared { kind: &'static str },
+    #[error(
+        "built for machine {found:?}; this host is {host:?} ({})",
+        std::env::consts::ARCH
+    )]
+    WrongMachine {
+        found: elf::Machine,
+        host: elf::Machine,
+    },
+    /// Part of the file that the headers describe is not there: the file was cut short (an
+    /// interrupted copy or build).
+    #[error(
+        "truncated: {what} (bytes {start}..{end}) ends past the end of the file ({size} bytes)"
+    )]
+    Truncated {
+        what: String,
+        start: u64,
+        end: u64,
+        size: u64,
+    },
+    #[error("corrupt: {what}")]
+    Corrupt { what: String },
+    #[error("corrupt {what}")]
+    Unreadable {
+        what: &'static str,
+        #[source]
+        source: object::Error,
+    },
+}
+
+/// The largest library file the host reads; `LoadError::TooLarge` says "1 GiB". Shipped
+/// plugins are a few MiB; the cap keeps a wrong path (a disk image) from being read at all.
+pub const MAX_LIBRARY_BYTES: u64 = 1 << 30;
 
 /// The file name suffix of shared libraries on this platform.
 pub const LIB_SUFFIX: &str = std::env::consts::DLL_SUFFIX;
 
+#[cfg(target_pointer_width = "64")]
+type HostElf = elf::FileHeader64<Endianness>;
+#[cfg(target_pointer_width = "32")]
+type HostElf = elf::FileHeader32<Endianness>;
+
+#[cfg(target_pointer_width = "64")]
+const HOST_CLASS: elf::FileClass = elf::ELFCLASS64;
+#[cfg(target_pointer_width = "32")]
+const HOST_CLASS: elf::FileClass = elf::ELFCLASS32;
+
+#[cfg(target_endian = "little")]
+const HOST_ENDIAN: &str = "little";
+#[cfg(target_endian = "big")]
+const HOST_ENDIAN: &str = "big";
+
 /// Loads one library file.
-pub fn load_library(path: &Path) -> Result<LoadedLibrary, LoadError> {
-    let path = path.to_path_buf();
+pub fn load_library(path: &Path, options: LoadOptions) -> Result<LoadedLibrary, LoadError> {
+    let file = open(path)?;
+    let bad_file = |source| LoadError::BadFile {
+        path: path.to_path_buf(),
+        source,
+    };
+    if !inspect(&file.handle, file.size).map_err(bad_file)? {
+        return Err(LoadError::NotAPlugin {
+            path: path.to_path_buf(),
+        });
+    }
+    let loaded_as = PathBuf::from(format!("/proc/self/fd/{}", file.handle.as_raw_fd()));
+    if let Some(exposed) = exposure(path, file.mode, &loaded_as)? {
+        if !options.allow_insecure_paths {
+            return Err(LoadError::Insecure {
+                path: path.to_path_buf(),
+                culprit: exposed.culprit,
+                mode: exposed.mode,
+            });
+        }
+        tracing::warn!(
+            "{}: loaded although it is writable by others than its owner ({} has mode {:04o}): plugins.allow_insecure_paths is on",
+            path.display(),
+            exposed.culprit.display(),
+            exposed.mode
+        );
+    }
+    // Never closed. The dynamic loader knows the library by the name `/proc/self/fd/N` from
+    // now on (even a refused one may stay mapped); were N reused for another file, `dlopen`
+    // of that name would hand back this library without opening anything.
+    let _ = file.handle.into_raw_fd();
     // `lib_header_from_path` then `init_root_module`, never `load_from_file`: the latter
     // caches the first module loaded for a type and would hand it back for every library.
-    let module = lib_header_from_path(&path)
+    let module = lib_header_from_path(&loaded_as)
         .and_then(|header| header.init_root_module::<PluginModRef>())
-        .map_err(|e| classify(&path, e))?;
+        .map_err(|e| classify(path, &loaded_as, e))?;
     let manifest = (module.manifest())();
     Ok(LoadedLibrary {
-        path,
+        path: path.to_path_buf(),
         manifest,
         module,
     })
 }
 
-fn classify(path: &Path, error: LibraryError) -> LoadError {
+/// A library file, open, with what its descriptor says about it.
+struct OpenFile {
+    handle: File,
+    size: u64,
+    mode: u32,
+}
+
+fn open(path: &Path) -> Result<OpenFile, LoadError> {
+    let read_error = |source: io::Error| LoadError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    // Asked by name first only because opening a FIFO would wait for a writer forever.
+    match fs::metadata(path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(LoadError::NotFound {
+                path: path.to_path_buf(),
+            })
+        }
+        Err(e) => return Err(read_error(e)),
+        Ok(meta) if !meta.is_file() => {
+            return Err(LoadError::NotAFile {
+                path: path.to_path_buf(),
+            })
+        }
+        Ok(_) => {}
+    }
+    let handle = File::open(path).map_err(read_error)?;
+    let meta = handle.metadata().map_err(read_error)?;
+    if !meta.is_file() {
+        return Err(LoadError::NotAFile {
+            path: path.to_path_buf(),
+        });
+    }
+    if meta.len() > MAX_LIBRARY_BYTES {
+        return Err(LoadError::TooLarge {
+            path: path.to_path_buf(),
+            size: meta.len(),
+        });
+    }
+    Ok(OpenFile {
+        handle,
+        size: meta.len(),
+        mode: meta.mode(),
+    })
+}
+
+/// Checks that `file` (of `size` bytes) is an ELF shared object that this host's dynamic
+/// loader can map without reading past its end; true if it exports abi_stable's root module.
+///
+/// Reads only the headers and the dynamic symbol and string tables, through a cache of the
+/// parts read, never the whole file.
+fn inspect(file: &File, size: u64) -> Result<bool, ElfError> {
+    let cache = ReadCache::new(file);
+    let data = &cache;
+    let unreadable = |what| move |source| ElfError::Unreadable { what, source };
+
+    let magic_ok = data
+        .read_bytes_at(0, elf::ELFMAG.len() as u64)
+        .is_ok_and(|magic| magic == elf::ELFMAG);
+    if !magic_ok {
+        return Err(ElfError::NotElf);
+    }
+    within(
+        size,
+        || "the ELF identification".into(),
+        0,
+        size_of::<elf::Ident>() as u64,
+    )?;
+    let ident = data
+        .read_bytes_at(0, size_of::<elf::Ident>() as u64)
+        .map_err(|()| ElfError::Corrupt {
+            what: "the ELF identification cannot be read".into(),
+        })?;
+    // Bytes 4 and 5 of `e_ident`: EI_CLASS and EI_DATA.
+    let (class, encoding) = (elf::FileClass(ident[4]), elf::DataEncoding(ident[5]));
+    if class != HOST_CLASS {
+        return Err(match class {
+            elf::ELFCLASS32 => ElfError::WrongClass { bits: 32 },
+            elf::ELFCLASS64 => ElfError::WrongClass { bits: 64 },
+            other => ElfError::Corrupt {
+                what: format!("unknown ELF class {other}"),
+            },
+        });
+    }
+    match encoding {
+        elf::ELFDATA2LSB if HOST_ENDIAN == "little" => {}
+        elf::ELFDATA2MSB if HOST_ENDIAN == "big" => {}
+        elf::ELFDATA2LSB => return Err(ElfError::WrongEndian { found: "little" }),
+        elf::ELFDATA2MSB => return Err(ElfError::WrongEndian { found: "big" }),
+        other => {
+            return Err(ElfError::Corrupt {
+                what: format!("unknown ELF data encoding {other}"),
+            })
+        }
+    }
+
+    within(
+        size,
+        || "the ELF header".into(),
+        0,
+        size_of::<HostElf>() as u64,
+    )?;
+    let header = HostElf::parse(data).map_err(unreadable("ELF header"))?;
+    let endian = header.endian().map_err(unreadable("ELF header"))?;
+    let kind = header.e_type(endian);
+    if kind != elf::ET_DYN {
+        return Err(ElfError::NotShared {
+            kind: match kind {
+                elf::ET_EXEC => "an executable",
+                elf::ET_REL => "an object file",
+                elf::ET_CORE => "a core dump",
+                _ => "an ELF file of unknown type",
+            },
+        });
+    }
+    let machine = header.e_machine(endian);
+    if let Some(host) = host_machine() {
+        if machine != host {
+            return Err(ElfError::WrongMachine {
+                found: machine,
+                host,
+            });
+        }
+    }
+
+    // What the dynamic loader maps: the program header table and every segment in it.
+    #[allow(clippy::useless_conversion, reason = "a 32-bit ELF's offsets are u32")]
+    let phoff: u64 = header.e_phoff(endian).into();
+    let phnum = header
+        .phnum(endian, data)
+        .map_err(unreadable("program header count"))?;
+    if phoff != 0 && phnum != 0 {
+        let entry = table_entry_size::<<HostElf as FileHeader>::ProgramHeader>(
+            "program header",
+            header.e_phentsize(endian),
+        )?;
+        within(
+            size,
+            || "the program header table".into(),
+            phoff,
+            u64::from(phnum) * entry,
+        )?;
+    }
+    let segments = header
+        .program_headers(endian, data)
+        .map_err(unreadable("program header table"))?;
+    for (i, segment) in segments.iter().enumerate() {
+        let (start, len) = segment.file_range(endian);
+        if len > 0 {
+            let kind = segment.p_type(endian);
+            let what = || match kind.name() {
+                Some(name) => format!("{name} segment {i}"),
+                None => format!("segment {i} (type {kind:#x})"),
+            };
+            within(size, what, start, len)?;
+        }
+    }
+
+    // Sections: where the dynamic symbols are, and what a backtrace reads (std maps the file
+    // to symbolize a plugin's frames; a section cut off there is a SIGBUS too).
+    #[allow(clippy::useless_conversion, reason = "a 32-bit ELF's offsets are u32")]
+    let shoff: u64 = header.e_shoff(endian).into();
+    if shoff == 0 {
+        // No section headers: no `.dynsym` to find the root module in. Linkers always
+        // write them; only a stripping tool that goes beyond `strip` removes them.
+        return Ok(false);
+    }
+    let entry = table_entry_size::<<HostElf as FileHeader>::SectionHeader>(
+        "section header",
+        header.e_shentsize(endian),
+    )?;
+    // The count may be in the first entry (more than 0xff00 sections).
+    within(size, || "the section header table".into(), shoff, entry)?;
+    let shnum = header
+        .shnum(endian, data)
+        .map_err(unreadable("section header count"))?;
+    within(
+        size,
+        || "the section header table".into(),
+        shoff,
+        u64::from(shnum) * entry,
+    )?;
+    let sections = header
+        .sections(endian, data)
+        .map_err(unreadable("section header table"))?;
+    for (i, section) in sections.iter().enumerate() {
+        if let Some((start, len)) = section.file_range(endian) {
+            if len > 0 {
+                within(size, || format!("section {i}"), start, len)?;
+            }
+        }
+    }
+    let Some(dynsym) = sections
+        .iter()
+        .find(|s| s.sh_type(endian) == elf::SHT_DYNSYM)
+    else {
+        return Ok(false);
+    };
+    let symbols: &[<HostElf as FileHeader>::Sym] = dynsym
+        .data_as_array(endian, data)
+        .map_err(unreadable("dynamic symbol table"))?;
+    // The names as one slice: looking each one up through the cache would keep a copy per name.
+    let names = sections
+        .section(SectionIndex(dynsym.sh_link(endian) as usize))
+        .and_then(|strtab| strtab.data(endian, data))
+        .map_err(unreadable("dynamic string table"))?;
+    let wanted = ROOT_MODULE_LOADER_NAME.as_bytes();
+    Ok(symbols.iter().any(|symbol| {
+        !symbol.is_undefined(endian)
+            && symbol.st_bind() != elf::STB_LOCAL
+            && usize::try_from(symbol.st_name(endian))
+                .ok()
+                .and_then(|at| names.get(at..))
+                .and_then(|name| name.strip_prefix(wanted))
+                .is_some_and(|rest| rest.first() == Some(&0))
+    }))
+}
+
+/// Checks that `len` bytes from `start` lie inside a file of `size` bytes.
+fn within(size: u64, what: impl FnOnce() -> String, start: u64, len: u64) -> Result<(), ElfError> {
+    match start.checked_add(len) {
+        Some(end) if end <= size => Ok(()),
+        Some(end) => Err(ElfError::Truncated {
+            what: what(),
+            start,
+            end,
+            size,
+        }),
+        None => Err(ElfError::Corrupt {
+            what: format!(
+                "{} has an impossible file range (offset + size overflows)",
+                what()
+            ),
+        }),
+    }
+}
+
+/// A header table's entry size, which must be that of this class's entries.
+fn table_entry_size<T>(what: &str, declared: u16) -> Result<u64, ElfError> {
+    let expected = size_of::<T>();
+    if usize::from(declared) == expected {
+        Ok(expected as u64)
+    } else {
+        Err(ElfError::Corrupt {
+            what: format!("{what} entries of {declared} bytes, expected {expected}"),
+        })
+    }
+}
+
+/// The machine this host's own executable was built for. `None` if it cannot be read, which
+/// leaves the check to `dlopen` (it refuses another machine's library cleanly).
+fn host_machine() -> Option<elf::Machine> {
+    static MACHINE: OnceLock<Option<elf::Machine>> = OnceLock::new();
+    *MACHINE.get_or_init(|| {
+        let exe = File::open("/proc/self/exe").ok()?;
+        let cache = ReadCache::new(&exe);
+        let header = HostElf::parse(&cache).ok()?;
+        Some(header.e_machine(header.endian().ok()?))
+    })
+}
+
+/// A file or directory that others than its owner can write, and its mode bits.
+struct Exposed {
+    culprit: PathBuf,
+    mode: u32,
+}
+
+/// Whether others than the owners can change what `path` loads: the file itself (`mode`, of
+/// the open file), or any directory from the file up to `/`, along the path as written and
+/// along the file's real location (`loaded_as` resolves to it), since both lead to the file.
+/// A directory with the sticky bit (`/tmp`) is fine: there, only an entry's owner can remove
+/// or rename it.
+///
+/// Owners are trusted: a library in `/tmp` owned by another user passes (`/tmp` is sticky).
+fn exposure(path: &Path, mode: u32, loaded_as: &Path) -> Result<Option<Exposed>, LoadError> {
+    if writable_by_others(mode) {
+        return Ok(Some(Exposed {
+            culprit: path.to_path_buf(),
+            mode: mode & 0o7777,
+        }));
+    }
+    let unverifiable = |culprit: &Path, source| LoadError::Unverifiable {
+        path: path.to_path_buf(),
+        culprit: culprit.to_path_buf(),
+        source,
+    };
+    let written = std::path::absolute(path).map_err(|e| unverifiable(path, e))?;
+    let real = fs::read_link(loaded_as).map_err(|e| unverifiable(path, e))?;
+    for file in [written, real] {
+        if let Some(dir) = file.parent() {
+            if let Some(exposed) = exposed_dir(dir).map_err(|(d, e)| unverifiable(&d, e))? {
+                return Ok(Some(exposed));
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// The first of `dir` and the directories above it that others than its owner can change
+/// without the sticky bit.
+fn exposed_dir(dir: &Path) -> Result<Option<Exposed>, (PathBuf, io::Error)> {
+    for dir in dir.ancestors().filter(|d| !d.as_os_str().is_empty()) {
+        let mode = fs::metadata(dir)
+            .map_err(|e| (dir.to_path_buf(), e))?
+            .mode();
+        if writable_by_others(mode) && mode & 0o1000 == 0 {
+            return Ok(Some(Exposed {
+                culprit: dir.to_path_buf(),
+                mode: mode & 0o7777,
+            }));
+        }
+    }
+    Ok(None)
+}
+
+fn writable_by_others(mode: u32) -> bool {
+    mode & 0o022 != 0
+}
+
+fn classify(path: &Path, loaded_as: &Path, error: LibraryError) -> LoadError {
+    // The loader's messages name the file it was given, `/proc/self/fd/N`; users know the path.
+    let named =
+        |reason: String| reason.replace(&*loaded_as.to_string_lossy(), &path.display().to_string());
     let path = path.to_path_buf();
     match error {
         LibraryError::OpenError { err, .. } => LoadError::Open {
             path,
-            reason: err.to_string(),
+            reason: named(err.to_string()),
         },
         LibraryError::GetSymbolError { .. } => LoadError::NotAPlugin { path },
         LibraryError::IncompatibleVersionNumber {
@@ -87,7 +581,7 @@ fn classify(path: &Path, error: LibraryError) -> LoadError {
         },
         LibraryError::RootModule { err, .. } => LoadError::Init {
             path,
-            reason: err.to_string(),
+            reason: named(err.to_string()),
         },
         other => {
             tracing::debug!(path = %path.display(), "load error: {other}");
@@ -104,46 +598,232 @@ fn classify(path: &Path, error: LibraryError) -> LoadError {
 pub struct LoadReport {
     pub libraries: Vec<LoadedLibrary>,
     /// Libraries that were refused. A file named directly is always reported; in a scanned
-    /// directory, files that are not plugins at all are skipped quietly (target/release holds
-    /// other libraries too).
+    /// directory, files that are not plugins at all (not ELF, or without the root module) are
+    /// skipped quietly (target/release holds other libraries too).
     pub refused: Vec<LoadError>,
 }
 
 /// Loads every library named by `paths`: files directly, directories by scanning for
 /// `*.so` (not recursively), in name order so that the result does not depend on the disk.
-pub fn load_paths(paths: &[PathBuf]) -> LoadReport {
+pub fn load_paths(paths: &[PathBuf], options: LoadOptions) -> LoadReport {
     let mut report = LoadReport::default();
     for path in paths {
         if path.is_dir() {
-            let mut files: Vec<PathBuf> = match std::fs::read_dir(path) {
-                Ok(entries) => entries
-                    .filter_map(|e| e.ok().map(|e| e.path()))
-                    .filter(|p| p.is_file() && p.to_string_lossy().ends_with(LIB_SUFFIX))
-                    .collect(),
-                Err(source) => {
-                    report.refused.push(LoadError::ReadDir {
-                        path: path.clone(),
-                        source,
-                    });
-                    continue;
-                }
-            };
-            files.sort();
-            for file in files {
-                match load_library(&file) {
-                    Ok(lib) => report.libraries.push(lib),
-                    Err(LoadError::NotAPlugin { path }) => {
-                        tracing::debug!(path = %path.display(), "skipped: not a plugin");
-                    }
-                    Err(e) => report.refused.push(e),
-                }
-            }
+            scan(path, options, &mut report);
         } else {
-            match load_library(path) {
+            match load_library(path, options) {
                 Ok(lib) => report.libraries.push(lib),
                 Err(e) => report.refused.push(e),
             }
         }
     }
     report
+}
+
+fn scan(dir: &Path, options: LoadOptions, report: &mut LoadReport) {
+    // One line for the directory rather than one per file in it; each file loaded from it
+    // anyway (allow_insecure_paths) is warned about on its own.
+    if !options.allow_insecure_paths {
+        let exposed = std::path::absolute(dir)
+            .map_err(|e| (dir.to_path_buf(), e))
+            .and_then(|dir| exposed_dir(&dir));
+        match exposed {
+            Ok(None) => {}
+            Ok(Some(exposed)) => {
+                report.refused.push(LoadError::Insecure {
+                    path: dir.to_path_buf(),
+                    culprit: exposed.culprit,
+                    mode: exposed.mode,
+                });
+                return;
+            }
+            Err((culprit, source)) => {
+                report.refused.push(LoadError::Unverifiable {
+                    path: dir.to_path_buf(),
+                    culprit,
+                    source,
+                });
+                return;
+            }
+        }
+    }
+    let mut files: Vec<PathBuf> = match fs::read_dir(dir) {
+        Ok(entries) => entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.is_file() && p.to_string_lossy().ends_with(LIB_SUFFIX))
+            .collect(),
+        Err(source) => {
+            report.refused.push(LoadError::ReadDir {
+                path: dir.to_path_buf(),
+                source,
+            });
+            return;
+        }
+    };
+    files.sort();
+    for file in files {
+        match load_library(&file, options) {
+            Ok(lib) => report.libraries.push(lib),
+            Err(
+                LoadError::NotAPlugin { path }
+                | LoadError::BadFile {
+                    path,
+                    source: ElfError::NotElf,
+                },
+            ) => {
+                tracing::debug!(path = %path.display(), "skipped: not a plugin");
+            }
+            Err(e) => report.refused.push(e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+
+    /// A file in a fresh temporary directory holding `bytes`.
+    fn file_with(bytes: &[u8]) -> (tempfile::TempDir, File, u64) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("lib.so");
+        File::create(&path).unwrap().write_all(bytes).unwrap();
+        let file = File::open(&path).unwrap();
+        (dir, file, bytes.len() as u64)
+    }
+
+    fn check(bytes: &[u8]) -> Result<bool, ElfError> {
+        let (_dir, file, size) = file_with(bytes);
+        inspect(&file, size)
+    }
+
+    /// A shared library this process has loaded (the C library), from `/proc/self/maps`.
+    fn a_system_library() -> Vec<u8> {
+        let maps = fs::read_to_string("/proc/self/maps").unwrap();
+        let path = maps
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(5))
+            .find(|p| p.contains("/libc.so") || p.contains("/libc-"))
+            .expect("this test process maps the C library");
+        fs::read(path).unwrap()
+    }
+
+    #[test]
+    fn a_real_shared_library_passes_but_is_no_plugin() {
+        assert!(!check(&a_system_library()).unwrap());
+    }
+
+    #[test]
+    fn the_test_executable_is_no_plugin_either() {
+        // Position-independent executables are ET_DYN too; the root module tells them apart.
+        let exe = fs::read("/proc/self/exe").unwrap();
+        assert!(matches!(
+            check(&exe),
+            Ok(false) | Err(ElfError::NotShared { .. })
+        ));
+    }
+
+    #[test]
+    fn every_cut_of_a_library_is_refused_as_truncated() {
+        let lib = a_system_library();
+        for keep in [
+            64,
+            100,
+            1000,
+            4096,
+            lib.len() / 3,
+            lib.len() / 2,
+            lib.len() - 1,
+        ] {
+            let err = check(&lib[..keep]).unwrap_err();
+            assert!(
+                matches!(err, ElfError::Truncated { .. }),
+                "{keep} bytes: {err}"
+            );
+            assert!(err.to_string().starts_with("truncated: "), "{err}");
+        }
+    }
+
+    #[test]
+    fn short_or_foreign_bytes_are_not_elf() {
+        for bytes in [&b""[..], b"\x7fEL", b"GNU ld script", &[0u8; 4096]] {
+            assert!(matches!(check(bytes), Err(ElfError::NotElf)), "{bytes:?}");
+        }
+        // The magic alone: an ELF file cut short in its first bytes.
+        assert!(matches!(
+            check(b"\x7fELF\x02\x01"),
+            Err(ElfError::Truncated { .. })
+        ));
+    }
+
+    #[test]
+    fn another_class_byte_order_type_or_machine_is_refused() {
+        let lib = a_system_library();
+        let with = |at: usize, bytes: &[u8]| {
+            let mut copy = lib.clone();
+            copy[at..at + bytes.len()].copy_from_slice(bytes);
+            check(&copy)
+        };
+        let other_class = if cfg!(target_pointer_width = "64") {
+            1
+        } else {
+            2
+        };
+        assert!(matches!(
+            with(4, &[other_class]),
+            Err(ElfError::WrongClass { .. })
+        ));
+        let other_endian = if cfg!(target_endian = "little") { 2 } else { 1 };
+        assert!(matches!(
+            with(5, &[other_endian]),
+            Err(ElfError::WrongEndian { .. })
+        ));
+        let exec = elf::ET_EXEC.0.to_ne_bytes();
+        assert!(matches!(
+            with(16, &exec),
+            Err(ElfError::NotShared {
+                kind: "an executable"
+            })
+        ));
+        let other = if host_machine() == Some(elf::EM_AARCH64) {
+            elf::EM_X86_64
+        } else {
+            elf::EM_AARCH64
+        };
+        let err = with(18, &other.0.to_ne_bytes()).unwrap_err();
+        assert!(matches!(err, ElfError::WrongMachine { .. }), "{err}");
+        assert!(err.to_string().contains(std::env::consts::ARCH), "{err}");
+    }
+
+    #[test]
+    fn offsets_past_any_end_are_corrupt_not_a_panic() {
+        let mut lib = a_system_library();
+        // e_shoff (64-bit layout) = u64::MAX.
+        if cfg!(target_pointer_width = "64") {
+            lib[40..48].copy_from_slice(&u64::MAX.to_ne_bytes());
+            assert!(matches!(check(&lib), Err(ElfError::Corrupt { .. })));
+        }
+    }
+
+    #[test]
+    fn sticky_directories_are_not_exposed_but_shared_ones_are() {
+        use std::os::unix::fs::PermissionsExt;
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("d");
+        fs::create_dir(&dir).unwrap();
+        let mode = |m| fs::set_permissions(&dir, fs::Permissions::from_mode(m)).unwrap();
+        mode(0o755);
+        assert!(exposed_dir(&dir).unwrap().is_none());
+        mode(0o1777);
+        assert!(exposed_dir(&dir).unwrap().is_none());
+        for m in [0o777, 0o775, 0o757] {
+            mode(m);
+            let exposed = exposed_dir(&dir).unwrap().expect("exposed");
+            assert_eq!(
+                (exposed.culprit.as_path(), exposed.mode),
+                (dir.as_path(), m)
+            );
+        }
+    }
 }

@@ -7,7 +7,7 @@ use abi_stable::std_types::{RResult, RStr, RString};
 use indexmap::IndexMap;
 use plugin_api::{HostContext, StageBox, StageKind};
 
-use crate::loader::{self, LoadError, LoadedLibrary};
+use crate::loader::{self, LoadError, LoadOptions, LoadedLibrary};
 
 /// A stage type compiled into the host. Register one with `inventory::submit!`.
 pub struct BuiltinStage {
@@ -103,8 +103,23 @@ pub struct Registry {
 }
 
 impl Registry {
-    /// The built-in stages plus those of every library under `paths`.
+    /// The built-in stages plus those of every library under `paths`, refusing libraries
+    /// that others than their owner can write.
     pub fn load(paths: &[PathBuf]) -> Registry {
+        Self::load_with(paths, LoadOptions::default())
+    }
+
+    /// The stage types a pipeline can use: its `plugins` section, as written.
+    pub fn for_pipeline(plugins: &crate::config::PluginsConfig) -> Registry {
+        let options = LoadOptions {
+            allow_insecure_paths: plugins.allow_insecure_paths,
+        };
+        Self::load_with(&plugins.paths, options)
+    }
+
+    /// The built-in stages plus those of every library under `paths`, loaded as `options`
+    /// say (`plugins.allow_insecure_paths`).
+    pub fn load_with(paths: &[PathBuf], options: LoadOptions) -> Registry {
         let mut types = IndexMap::new();
         for b in inventory::iter::<BuiltinStage> {
             types.insert(
@@ -116,7 +131,7 @@ impl Registry {
                 },
             );
         }
-        let report = loader::load_paths(paths);
+        let report = loader::load_paths(paths, options);
         let mut shadowed = Vec::new();
         for lib in report.libraries {
             for info in lib.manifest.stages.iter() {
