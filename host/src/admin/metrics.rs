@@ -6,6 +6,7 @@ use plugin_api::HealthStatus;
 
 use super::{
     exposition::{sanitize_name, Exposition},
+    server::ConnectionCounts,
     AdminState,
 };
 use crate::monitor::plugin::{SeriesValue, PLUGIN_BUCKETS};
@@ -27,7 +28,8 @@ fn seconds_buckets(h: &Histogram<u64>) -> (Vec<(f64, u64)>, f64, u64) {
     (buckets, h.mean() * h.len() as f64 / 1e9, h.len())
 }
 
-pub async fn render(state: &AdminState) -> String {
+/// `connections`: the admin server's own counts, when a server is serving the API.
+pub async fn render(state: &AdminState, connections: Option<ConnectionCounts>) -> String {
     let mut e = Exposition::default();
     let snap = state.monitor.snapshot();
     let t = &snap.pipeline;
@@ -296,6 +298,9 @@ pub async fn render(state: &AdminState) -> String {
     }
 
     sources(&mut e, &snap.sources);
+    if let Some(c) = connections {
+        admin_connections(&mut e, &c);
+    }
 
     let view = state.health.view().await;
     e.family(
@@ -374,5 +379,38 @@ fn sources(e: &mut Exposition, sources: &[crate::monitor::SourceSnapshot]) {
                 *n as f64,
             );
         }
+    }
+}
+
+fn admin_connections(e: &mut Exposition, c: &ConnectionCounts) {
+    e.family(
+        "host_admin_connections",
+        "gauge",
+        "Connections to the admin API open now.",
+    );
+    e.sample("host_admin_connections", &[], c.open as f64);
+    e.family(
+        "host_admin_connections_total",
+        "counter",
+        "Connections to the admin API: accepted, or refused (closed at once) because max_connections were open.",
+    );
+    for (outcome, n) in [("accepted", c.accepted), ("refused", c.refused)] {
+        e.sample(
+            "host_admin_connections_total",
+            &[("outcome", outcome)],
+            n as f64,
+        );
+    }
+    e.family(
+        "host_admin_connection_timeouts_total",
+        "counter",
+        "Admin API connections closed by a timeout: header (no whole request head within header_timeout of the accept or of the previous answer), or idle (nothing read or written for idle_timeout).",
+    );
+    for (timeout, n) in [("header", c.header_timeouts), ("idle", c.idle_timeouts)] {
+        e.sample(
+            "host_admin_connection_timeouts_total",
+            &[("timeout", timeout)],
+            n as f64,
+        );
     }
 }

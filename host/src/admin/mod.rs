@@ -4,6 +4,7 @@
 
 mod exposition;
 mod metrics;
+mod server;
 
 use std::sync::Arc;
 
@@ -12,12 +13,13 @@ use axum::{
     http::{header, StatusCode},
     response::{IntoResponse, Response},
     routing::get,
-    Json, Router,
+    Extension, Json, Router,
 };
 use serde::Serialize;
 use tokio::{net::TcpListener, sync::watch};
 
-use crate::{events::BusHandle, health::Health, monitor::Monitor};
+use crate::{config::AdminConfig, events::BusHandle, health::Health, monitor::Monitor};
+use server::ConnectionStats;
 
 /// The running graph, as /api/pipeline shows it.
 #[derive(Debug, Clone, Serialize)]
@@ -64,22 +66,27 @@ pub fn router(state: AdminState) -> Router {
         .with_state(state)
 }
 
-/// Serves the API on `listener` until `stop` turns true.
-pub async fn serve(listener: TcpListener, state: AdminState, mut stop: watch::Receiver<bool>) {
-    let app = router(state);
-    let shutdown = async move {
-        let _ = stop.changed().await;
-    };
-    if let Err(e) = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
-    {
-        tracing::error!(error = %e, "admin server failed");
-    }
+/// Serves the API on `listener` until `stop` turns true, within `config`'s limits: the time a
+/// request head may take, the time a connection may stay idle, and how many connections are
+/// served at once (see [`server`]). Returns soon after `stop`, whatever clients still hold.
+pub async fn serve(
+    listener: TcpListener,
+    state: AdminState,
+    config: AdminConfig,
+    stop: watch::Receiver<bool>,
+) {
+    let stats = Arc::new(ConnectionStats::default());
+    // The counts belong to this server, not to the API: `router` alone has none to show.
+    let app = router(state).layer(Extension(stats.clone()));
+    server::run(listener, app, &config, stats, stop).await;
 }
 
-async fn prometheus(State(state): State<AdminState>) -> Response {
-    let body = metrics::render(&state).await;
+async fn prometheus(
+    State(state): State<AdminState>,
+    connections: Option<Extension<Arc<ConnectionStats>>>,
+) -> Response {
+    let connections = connections.map(|Extension(stats)| stats.counts());
+    let body = metrics::render(&state, connections).await;
     (
         [(
             header::CONTENT_TYPE,
