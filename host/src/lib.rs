@@ -13,6 +13,7 @@ pub mod clock;
 pub mod config;
 pub mod context;
 pub mod coordinator;
+pub mod crash;
 pub mod events;
 pub mod health;
 pub mod loader;

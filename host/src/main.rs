@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 use host::{
     bench::{self, BenchOptions},
     config::{ConfigError, MonitoringMode, PipelineConfig},
+    loader::LoadOptions,
     publish::{self, Publish, SendSocket},
     registry::Registry,
     topology::{self, build_topology},
@@ -50,6 +51,10 @@ enum Command {
         /// Look in these files or directories (default: next to the host binary).
         #[arg(long, value_name = "PATH")]
         path: Vec<PathBuf>,
+        /// Load libraries that others than their owner can write, with a warning each
+        /// (as `plugins.allow_insecure_paths: true` does).
+        #[arg(long)]
+        allow_insecure_paths: bool,
     },
     /// Sends N generated JSON messages (id, level, sent_at, msg, value).
     Publish {
@@ -100,6 +105,8 @@ impl From<Mode> for MonitoringMode {
 }
 
 fn main() -> ExitCode {
+    // A plugin that aborts, segfaults or exits ends the process; this names the stage first.
+    host::crash::install();
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
@@ -120,6 +127,7 @@ fn main() -> ExitCode {
 const INVALID: u8 = 2;
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    raise_open_file_limit();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("host-rt")
@@ -133,7 +141,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             runtime.block_on(run_pipeline(pipeline, cli.summary))
         }
         Some(Command::Validate { pipeline }) => Ok(validate(&pipeline)),
-        Some(Command::Plugins { pipeline, path }) => plugins(pipeline, path),
+        Some(Command::Plugins {
+            pipeline,
+            path,
+            allow_insecure_paths,
+        }) => plugins(pipeline, path, allow_insecure_paths),
         Some(Command::Publish {
             to,
             count,
@@ -170,6 +182,40 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// Raises the soft limit on open files to the hard one. Every admin client, ZeroMQ peer and
+/// output file takes a descriptor, and the soft limit processes usually start with (1024) is
+/// far below what the system allows. Not being able to is no reason not to run.
+fn raise_open_file_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one `rlimit` to the pointer, which is valid for the call.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        let error = std::io::Error::last_os_error();
+        tracing::debug!(%error, "cannot read the open-file limit");
+        return;
+    }
+    if limit.rlim_cur < limit.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: limit.rlim_max,
+            rlim_max: limit.rlim_max,
+        };
+        // SAFETY: setrlimit only reads the `rlimit` behind the pointer, valid for the call.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            limit = raised;
+        } else {
+            let error = std::io::Error::last_os_error();
+            tracing::debug!(%error, "cannot raise the open-file limit");
+        }
+    }
+    tracing::debug!(
+        soft = limit.rlim_cur,
+        hard = limit.rlim_max,
+        "open-file limit"
+    );
+}
+
 /// Prints config errors one per line; `None` when there were some.
 fn report(result: Result<PipelineConfig, ConfigError>) -> Option<PipelineConfig> {
     match result {
@@ -189,9 +235,9 @@ fn report(result: Result<PipelineConfig, ConfigError>) -> Option<PipelineConfig>
 }
 
 fn load_registry(cfg: &PipelineConfig) -> Registry {
-    let registry = Registry::load(&cfg.plugins.paths);
+    let registry = Registry::for_pipeline(&cfg.plugins);
     for refused in &registry.refused {
-        tracing::warn!("library refused: {refused}");
+        tracing::warn!("library refused: {}", one_line(refused));
     }
     for (name, path) in &registry.shadowed {
         tracing::warn!(stage = %name, library = %path.display(), "stage name already taken; this library's stage is ignored");
@@ -221,17 +267,27 @@ fn validate(pipeline: &std::path::Path) -> ExitCode {
     }
 }
 
-fn plugins(pipeline: Option<PathBuf>, mut paths: Vec<PathBuf>) -> anyhow::Result<ExitCode> {
+fn plugins(
+    pipeline: Option<PathBuf>,
+    mut paths: Vec<PathBuf>,
+    allow_insecure_paths: bool,
+) -> anyhow::Result<ExitCode> {
+    let mut options = LoadOptions {
+        allow_insecure_paths,
+    };
     if let Some(p) = pipeline {
         match report(PipelineConfig::load(&p)) {
-            Some(cfg) => paths = cfg.plugins.paths,
+            Some(cfg) => {
+                paths = cfg.plugins.paths;
+                options.allow_insecure_paths |= cfg.plugins.allow_insecure_paths;
+            }
             None => return Ok(ExitCode::from(INVALID)),
         }
     } else if paths.is_empty() {
         let exe = std::env::current_exe().context("cannot find the host binary's directory")?;
         paths.extend(exe.parent().map(PathBuf::from));
     }
-    let registry = Registry::load(&paths);
+    let registry = Registry::load_with(&paths, options);
     println!(
         "{:<20} {:<10} {:<10} {:<8} library",
         "stage", "kind", "version", "api"
@@ -248,9 +304,30 @@ fn plugins(pipeline: Option<PathBuf>, mut paths: Vec<PathBuf>) -> anyhow::Result
         );
     }
     for refused in &registry.refused {
-        println!("refused: {refused}");
+        println!("refused: {}", one_line(refused));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// An error and its causes, on the one line a refused library gets.
+fn one_line(error: &dyn std::error::Error) -> String {
+    let mut line = error.to_string();
+    let mut cause = error.source();
+    while let Some(c) = cause {
+        line.push_str(": ");
+        line.push_str(&c.to_string());
+        cause = c.source();
+    }
+    line
+}
+
+/// A second signal during the drain: log what is known and end the process now, whatever
+/// any stage is doing. Returning instead would wait for the runtime's blocking threads, which
+/// a stage stuck in a call (a write to a pipe nobody reads) never gives back.
+fn forced_exit(monitor: &host::monitor::Monitor) -> ! {
+    monitor.log_totals("forced exit");
+    host::crash::exiting_on_purpose();
+    std::process::exit(1)
 }
 
 async fn run_pipeline(pipeline: PathBuf, summary: Option<PathBuf>) -> anyhow::Result<ExitCode> {
@@ -285,8 +362,8 @@ async fn run_pipeline(pipeline: PathBuf, summary: Option<PathBuf>) -> anyhow::Re
     tokio::pin!(drain);
     let snapshot = tokio::select! {
         snapshot = &mut drain => snapshot,
-        _ = sigint.recv() => { monitor.log_totals("forced exit"); return Ok(ExitCode::FAILURE) }
-        _ = sigterm.recv() => { monitor.log_totals("forced exit"); return Ok(ExitCode::FAILURE) }
+        _ = sigint.recv() => forced_exit(&monitor),
+        _ = sigterm.recv() => forced_exit(&monitor),
     };
     monitor.log_totals("shutdown");
     if let Some(path) = summary {

@@ -162,10 +162,20 @@ impl<S: Stage> FfiStage for Guarded<S> {
     }
 }
 
-/// Deserializes a stage config from the JSON text the host hands over.
+/// Deserializes a stage config from the JSON text the host hands over. An error names the
+/// key it is about, as "at `drop[0].field`: ..." (the host turns that path into a line and
+/// column in the pipeline file).
 fn parse_config<S: Stage>(config_json: &str) -> Result<S::Config, String> {
-    let config: S::Config =
-        serde_json::from_str(config_json).map_err(|e| strip_json_position(e.to_string()))?;
+    let mut de = serde_json::Deserializer::from_str(config_json);
+    let config: S::Config = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let message = strip_json_position(e.into_inner().to_string());
+        if path == "." {
+            message
+        } else {
+            format!("at `{path}`: {message}")
+        }
+    })?;
     S::check(&config)?;
     Ok(config)
 }

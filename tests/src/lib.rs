@@ -353,10 +353,17 @@ impl Host {
     /// run side by side. A start that fails because another process took the port in the
     /// meantime is retried on new ports.
     pub fn start(pipeline: &str) -> Host {
+        Self::start_with(pipeline, |_| {})
+    }
+
+    /// [`Host::start`], with `configure` applied to the host's command before each attempt
+    /// to spawn it: for what the pipeline file cannot say, such as the process's resource
+    /// limits (`CommandExt::pre_exec`) or its environment.
+    pub fn start_with(pipeline: &str, mut configure: impl FnMut(&mut Command)) -> Host {
         const ATTEMPTS: usize = 3;
         let mut last_log = String::new();
         for _ in 0..ATTEMPTS {
-            match Self::try_start(pipeline) {
+            match Self::try_start(pipeline, &mut configure) {
                 Ok(host) => return host,
                 Err(log)
                     if log.contains("cannot bind") || log.contains("Address already in use") =>
@@ -369,7 +376,7 @@ impl Host {
         panic!("the host could not bind a free port in {ATTEMPTS} attempts:\n{last_log}");
     }
 
-    fn try_start(pipeline: &str) -> Result<Host, String> {
+    fn try_start(pipeline: &str, configure: &mut dyn FnMut(&mut Command)) -> Result<Host, String> {
         let dir = tempfile::tempdir().expect("cannot create a temporary directory");
         let endpoint = free_endpoint();
         let endpoint2 = loop {
@@ -395,7 +402,9 @@ impl Host {
         let log = dir.path().join("host.log");
         let summary = dir.path().join("summary.json");
         let stderr = fs::File::create(&log).expect("cannot create the host's log file");
-        let child = host_command()
+        let mut command = host_command();
+        configure(&mut command);
+        let child = command
             .arg("--pipeline")
             .arg(&file)
             .arg("--summary")
@@ -542,6 +551,11 @@ impl Host {
             .try_wait()
             .expect("cannot wait for the host")
             .is_none()
+    }
+
+    /// How the process ended, once it has (`None` while it runs).
+    pub fn exit_status(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().expect("cannot wait for the host")
     }
 
     /// Sends SIGTERM, waits for the host to drain and exit, checks that it exited with 0,

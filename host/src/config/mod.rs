@@ -9,6 +9,7 @@ mod spans;
 use std::{
     collections::{HashMap, HashSet},
     fmt,
+    io::Read,
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -52,6 +53,8 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
+    #[error("pipeline file {path} is larger than {MAX_PIPELINE_BYTES} bytes")]
+    TooLarge { path: PathBuf },
     #[error("{}", join_lines(.0))]
     Invalid(Vec<Diagnostic>),
 }
@@ -62,6 +65,22 @@ fn join_lines(diagnostics: &[Diagnostic]) -> String {
         .map(ToString::to_string)
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+/// The largest pipeline file read. Validation takes time and memory in proportion to the
+/// file (about 20 times its size in memory, at peak); a limit keeps a wrong file from taking
+/// the machine's memory.
+pub const MAX_PIPELINE_BYTES: usize = 16 << 20;
+
+/// Whether `name` may name a source or a stage: 1 to 64 ASCII letters, digits, `_`, `-` and
+/// `.`, starting with a letter, a digit or `_`. Names show up in logs, metric labels, thread
+/// names and event payloads, where a newline or an empty string would do harm.
+pub fn valid_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+        && !name.starts_with(['-', '.'])
 }
 
 /// A pipeline, as written in its file.
@@ -353,9 +372,29 @@ impl Default for HealthConfig {
 impl PipelineConfig {
     /// Reads, expands and parses `path`, and checks everything that needs no library.
     pub fn load(path: &Path) -> Result<PipelineConfig, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let read_error = |source| ConfigError::Read {
             path: path.to_path_buf(),
             source,
+        };
+        // Read at most one byte past the limit, so that neither a huge file nor an endless
+        // one (a FIFO, /dev/zero) is read whole.
+        let mut bytes = Vec::new();
+        std::fs::File::open(path)
+            .and_then(|f| {
+                f.take(MAX_PIPELINE_BYTES as u64 + 1)
+                    .read_to_end(&mut bytes)
+            })
+            .map_err(read_error)?;
+        if bytes.len() > MAX_PIPELINE_BYTES {
+            return Err(ConfigError::TooLarge {
+                path: path.to_path_buf(),
+            });
+        }
+        let text = String::from_utf8(bytes).map_err(|_| {
+            read_error(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "not UTF-8 text",
+            ))
         })?;
         Self::parse(path, &text, |name| std::env::var(name).ok())
     }
@@ -415,6 +454,19 @@ impl PipelineConfig {
         if self.sources.is_empty() {
             out.push(self.diagnostic(&["sources"], "a pipeline needs at least one source"));
         }
+        for (section, names) in [
+            ("sources", self.sources.keys().collect::<Vec<_>>()),
+            ("stages", self.stages.keys().collect()),
+        ] {
+            for name in names.into_iter().filter(|n| !valid_name(n)) {
+                out.push(self.diagnostic(
+                    &[section, name],
+                    format!(
+                        "{section}: {name:?} is not a valid name (1 to 64 of A-Z a-z 0-9 _ - ., not starting with - or .)"
+                    ),
+                ));
+            }
+        }
         for (name, source) in &self.sources {
             match (&source.bind, &source.connect) {
                 (Some(_), Some(_)) => out.push(self.diagnostic(
@@ -433,6 +485,12 @@ impl PipelineConfig {
                     format!("source `{name}`: `topics` only applies to `socket: sub`"),
                 ));
             }
+            if source.handshake_timeout.is_zero() {
+                out.push(self.diagnostic(
+                    &["sources", name, "handshake_timeout"],
+                    "`handshake_timeout` must be longer than 0s",
+                ));
+            }
             if source.max_connections == 0 {
                 out.push(self.diagnostic(
                     &["sources", name, "max_connections"],
@@ -449,6 +507,17 @@ impl PipelineConfig {
                 out.push(self.diagnostic(
                     &["stages", name],
                     format!("`{name}` names both a source and a stage"),
+                ));
+            }
+        }
+        for (key, value) in [
+            ("header_timeout", self.monitoring.admin.header_timeout),
+            ("idle_timeout", self.monitoring.admin.idle_timeout),
+        ] {
+            if value.is_zero() {
+                out.push(self.diagnostic(
+                    &["monitoring", "admin", key],
+                    format!("`{key}` must be longer than 0s"),
                 ));
             }
         }
@@ -629,6 +698,28 @@ mod tests {
         assert!(
             m.iter()
                 .any(|l| l.contains("cycle") && l.contains("c -> a -> c")),
+            "{m:?}"
+        );
+    }
+
+    #[test]
+    fn names_are_limited_to_a_safe_character_set() {
+        for good in ["a", "export-monitor", "in_2", "v1.2", "_x", &"n".repeat(64)] {
+            assert!(valid_name(good), "{good}");
+        }
+        for bad in ["", "a\nb", "a b", "-a", ".a", "é", "a/b", &"n".repeat(65)] {
+            assert!(!valid_name(bad), "{bad:?}");
+        }
+        let m = messages("sources:\n  \"in\\n\": { type: zmq, socket: pull, bind: x }\nstages:\n  \"\": { plugin: null, inputs: [\"in\\n\"] }\n");
+        assert!(
+            m.iter().any(
+                |l| l.starts_with("p.yaml:2:3:") && l.contains("\"in\\n\" is not a valid name")
+            ),
+            "{m:?}"
+        );
+        assert!(
+            m.iter()
+                .any(|l| l.starts_with("p.yaml:4:3:") && l.contains("\"\" is not a valid name")),
             "{m:?}"
         );
     }

@@ -5,11 +5,12 @@
 //! between them, starts every worker, then opens the sources.
 
 mod observe;
+mod probe;
 mod worker;
 
 use std::{
     net::SocketAddr,
-    sync::{atomic::AtomicU64, Arc, Mutex},
+    sync::{atomic::AtomicU64, Arc},
     time::Duration,
 };
 
@@ -22,12 +23,14 @@ use crate::{
     config::{ConfigError, Diagnostic, MonitoringMode, PipelineConfig},
     context,
     coordinator::{self, Coordinator, EventDriven},
+    crash::CallMarker,
     events::{self, instance_id, EventBus, EventKind, EventPayload, EventsError},
     health::Health,
     monitor::{Monitor, Snapshot, StageStats},
     registry::Registry,
     source::zmq::{SourceError, ZmqSource},
 };
+use probe::StageProbe;
 use worker::Worker;
 
 /// Every problem with the pipeline's stages that the registry can tell: unknown stage types
@@ -60,9 +63,12 @@ pub fn check(cfg: &PipelineConfig, registry: &Registry) -> Vec<Diagnostic> {
         match cfg.stage_config_json(name) {
             Ok(json) => {
                 if let Err(e) = ty.check_config(&json) {
+                    let (keys, message) = config_error_location(&e);
+                    let mut path = vec!["stages", name.as_str(), "config"];
+                    path.extend(keys.iter().map(String::as_str));
                     out.push(cfg.diagnostic(
-                        &["stages", name, "config"],
-                        format!("stage `{name}` ({}): invalid config: {e}", stage.plugin),
+                        &path,
+                        format!("stage `{name}` ({}): invalid config{message}", stage.plugin),
                     ));
                 }
             }
@@ -72,11 +78,32 @@ pub fn check(cfg: &PipelineConfig, registry: &Registry) -> Vec<Diagnostic> {
     out
 }
 
+/// Where in a stage's `config:` a config error is, from the SDK's "at `drop[0].field`: ..."
+/// form: the keys (`["drop", "0", "field"]`) and the message to show (" at `drop[0].field`:
+/// ..." or ": ..." when the error names no key).
+fn config_error_location(error: &str) -> (Vec<String>, String) {
+    let located = error
+        .strip_prefix("at `")
+        .and_then(|rest| rest.split_once("`: "));
+    match located {
+        Some((path, _)) => {
+            let keys = path
+                .split(['.', '['])
+                .filter(|k| !k.is_empty())
+                .map(|k| k.trim_end_matches(']').to_owned())
+                .collect();
+            (keys, format!(" {error}"))
+        }
+        None => (Vec::new(), format!(": {error}")),
+    }
+}
+
 /// A built stage, not yet running.
 struct BuiltStage {
     name: String,
     kind: StageKind,
-    stage: Arc<Mutex<StageBox>>,
+    stage: StageBox,
+    probe: Arc<StageProbe>,
     stats: Arc<StageStats>,
 }
 
@@ -105,7 +132,8 @@ pub fn build_topology(cfg: PipelineConfig, registry: &Registry) -> Result<Topolo
             Ok(stage) => stages.push(BuiltStage {
                 name: name.clone(),
                 kind: ty.kind,
-                stage: Arc::new(Mutex::new(stage)),
+                stage,
+                probe: Arc::new(StageProbe::new(CallMarker::new(name, &ty.origin()))),
                 stats: Arc::new(StageStats::new(name, &stage_cfg.plugin, ty.kind)),
             }),
             Err(e) => errors.push(cfg.diagnostic(
@@ -251,9 +279,9 @@ impl Topology {
             health_components.push(observe::stage_check(
                 &built.name,
                 built.kind,
-                built.stage.clone(),
+                built.probe.clone(),
                 built.stats.clone(),
-                monitoring.health.error_rate_threshold,
+                &monitoring.health,
             ));
             let worker = Worker {
                 outputs: outputs_of(&built.name),
@@ -261,6 +289,7 @@ impl Topology {
                 name: built.name.clone(),
                 kind: built.kind,
                 stage: built.stage,
+                probe: built.probe,
                 coordinator,
                 stats: built.stats,
                 type_field: type_field.clone(),
@@ -335,7 +364,12 @@ impl Topology {
                 graph,
                 bus: bus.clone(),
             };
-            late_tasks.push(tokio::spawn(admin::serve(listener, state, late_rx.clone())));
+            late_tasks.push(tokio::spawn(admin::serve(
+                listener,
+                state,
+                monitoring.admin.clone(),
+                late_rx.clone(),
+            )));
         }
 
         let counts = (workers.len(), sources.len());

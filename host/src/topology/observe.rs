@@ -4,20 +4,21 @@
 use std::{
     sync::{
         atomic::{AtomicBool, Ordering::Relaxed},
-        Arc, Mutex,
+        Arc,
     },
     time::Duration,
 };
 
 use abi_stable::std_types::RVec;
-use plugin_api::{HealthStatus, Record, StageBox, StageKind};
+use plugin_api::{HealthStatus, Record, StageKind};
 use tokio::sync::{mpsc, watch};
 
+use super::probe::StageProbe;
 use crate::{
     accounting::{Envelope, Lineage, PipelineCounters},
+    config::HealthConfig,
     events::{Event, EventBus, EventKind, EventPayload, HealthState},
     health::{CheckFn, Component, ComponentHealth, ComponentKind, HealthListener, StatusChange},
-    lock,
     monitor::{Monitor, StageStats},
 };
 
@@ -29,23 +30,18 @@ const MIN_RECORDS_FOR_ERROR_RATE: u64 = 10;
 pub fn stage_check(
     name: &str,
     kind: StageKind,
-    stage: Arc<Mutex<StageBox>>,
+    probe: Arc<StageProbe>,
     stats: Arc<StageStats>,
-    threshold: f64,
+    config: &HealthConfig,
 ) -> Component {
+    let (threshold, timeout) = (config.error_rate_threshold, config.timeout);
     let check: CheckFn = Arc::new(move || {
-        let stage = stage.clone();
+        let probe = probe.clone();
         let stats = stats.clone();
         Box::pin(async move {
-            // The stage is locked per batch by its worker; ask between batches, off the runtime.
-            let answer = tokio::task::spawn_blocking(move || lock(&stage).health()).await;
-            let (mut status, mut reason) = match answer {
-                Ok(r) => (r.status, r.reason.to_string()),
-                Err(_) => (
-                    HealthStatus::Unhealthy,
-                    "the health check panicked".to_owned(),
-                ),
-            };
+            // Asked of the stage's worker: no thread and no lock of its own, so a stage
+            // stuck in a call costs nothing per round.
+            let (mut status, mut reason) = probe.check(timeout).await;
             let w = stats.window();
             if status == HealthStatus::Healthy
                 && w.counts.records_in >= MIN_RECORDS_FOR_ERROR_RATE

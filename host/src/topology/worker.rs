@@ -1,26 +1,29 @@
 //! One stage's worker: takes batches from its queue, calls the stage, settles what the stage
 //! decided, and passes the rest on. Runs on its own thread: stage calls are synchronous and
-//! may block (an exporter writing a file) without stalling the async runtime.
+//! may block (an exporter writing a file) without stalling the async runtime. The worker owns
+//! its stage: nothing else calls it, so no lock is taken per batch, and health checks are
+//! answered by the worker between calls (see [`StageProbe`]).
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use abi_stable::std_types::{RErr, ROk};
 use plugin_api::{Batch, StageBox, StageKind};
-use tokio::sync::mpsc;
+use tokio::sync::mpsc::{self, error::TryRecvError};
 
+use super::probe::StageProbe;
 use crate::{
     accounting::Envelope,
     clock::unix_ns,
     coordinator::Coordinator,
-    lock,
     monitor::{CallOutcome, StageStats},
 };
 
 pub struct Worker {
     pub name: String,
     pub kind: StageKind,
-    /// Locked once per batch; the health check takes it between batches.
-    pub stage: Arc<Mutex<StageBox>>,
+    pub stage: StageBox,
+    /// In-call marks and health answers, shared with the health check.
+    pub probe: Arc<StageProbe>,
     pub coordinator: Coordinator,
     pub stats: Arc<StageStats>,
     /// The field whose values are counted per stage (`monitoring.type_field`).
@@ -29,15 +32,58 @@ pub struct Worker {
     pub outputs: Vec<mpsc::Sender<Envelope>>,
 }
 
+/// What wakes the worker.
+enum Next {
+    Batch(Envelope),
+    Health,
+    Closed,
+}
+
 impl Worker {
+    /// The next thing to do: a health answer when one is wanted, else the next batch (waiting
+    /// for either when there is none).
+    fn next(&mut self) -> Next {
+        if self.probe.take_request() {
+            return Next::Health;
+        }
+        match self.input.try_recv() {
+            Ok(envelope) => return Next::Batch(envelope),
+            Err(TryRecvError::Disconnected) => return Next::Closed,
+            Err(TryRecvError::Empty) => {}
+        }
+        let (input, probe) = (&mut self.input, &self.probe);
+        futures::executor::block_on(async {
+            tokio::select! {
+                biased;
+                envelope = input.recv() => envelope.map_or(Next::Closed, Next::Batch),
+                () = probe.requested() => Next::Health,
+            }
+        })
+    }
+
+    fn answer_health(&mut self) {
+        let stage = &mut self.stage;
+        let report = self.probe.call(|| stage.health());
+        self.probe.answer(report);
+    }
+
     /// Runs until every producer of the input queue is gone, then flushes the stage.
     pub fn run(mut self) {
+        self.probe.bind_thread();
         // Exporters deliver what they keep; so does any stage nobody reads from.
         let delivers = self.kind == StageKind::Exporter || self.outputs.is_empty();
         // Data types and ingest-to-delivery latency are observation too: none when disabled.
         let observed = self.coordinator.is_enabled();
         let mut ids: Vec<u64> = Vec::with_capacity(1024);
-        while let Some(Envelope { records, lineage }) = self.input.blocking_recv() {
+        loop {
+            let Envelope { records, lineage } = match self.next() {
+                Next::Batch(envelope) => envelope,
+                Next::Health => {
+                    self.answer_health();
+                    continue;
+                }
+                Next::Closed => break,
+            };
             // What is still queued behind this batch: a stage that keeps a deep queue is the
             // pipeline's bottleneck.
             self.coordinator
@@ -50,7 +96,8 @@ impl Worker {
             }
             let mut batch = Batch::new(records);
             let phase = self.coordinator.start_phase();
-            let result = lock(&self.stage).process(&mut batch);
+            let stage = &mut self.stage;
+            let result = self.probe.call(|| stage.process(&mut batch));
             let (records, failures) = batch.into_parts();
             match result {
                 ROk(()) => {
@@ -102,7 +149,8 @@ impl Worker {
                 }
             }
         }
-        if let RErr(error) = lock(&self.stage).flush() {
+        let stage = &mut self.stage;
+        if let RErr(error) = self.probe.call(|| stage.flush()) {
             tracing::error!(stage = %self.name, kind = %error.kind, message = %error.message, "flush failed");
             self.stats.record_error(&error);
         }

@@ -5,7 +5,7 @@
 //! of them leaves the batch and counts as filtered), then the renames, then the sets. See the
 //! crate's README for the config keys.
 
-use std::{fmt, marker::PhantomData};
+use std::{collections::HashSet, fmt, marker::PhantomData};
 
 use plugin_api::{tracing, Batch, Record, Stage, StageContext, StageError, StageKind, Value};
 use serde::{
@@ -78,8 +78,11 @@ where
 
         fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
             let mut entries: Vec<(String, V)> = Vec::with_capacity(map.size_hint().unwrap_or(0));
+            // A set beside the list: checking each key against the list would make a map
+            // of n keys cost n^2 (80,000 keys took 13 s to validate).
+            let mut seen: HashSet<String> = HashSet::with_capacity(entries.capacity());
             while let Some((key, value)) = map.next_entry::<String, V>()? {
-                if entries.iter().any(|(k, _)| *k == key) {
+                if !seen.insert(key.clone()) {
                     return Err(de::Error::custom(format_args!("duplicate key `{key}`")));
                 }
                 entries.push((key, value));
