@@ -1,29 +1,40 @@
 //! Every message ends exactly once: completed, filtered or failed.
 //!
-//! Records keep their message id (`RecordMeta::id`) through every stage. Each batch the source
-//! sends carries an `Arc<Lineage>` holding one mark per message of that batch; fan-out clones
-//! the `Arc`, so the lineage lives until the last branch is done with the batch. Its `Drop`
-//! then settles each message once: failed if any branch failed it, completed if any branch
-//! delivered it (exported, or reached a stage with no consumers), filtered otherwise. That is
-//! one allocation and one settlement per batch, and one atomic mark per message per leaf.
+//! Records keep their message id (`Record::id`) through every stage. Each batch a source sends
+//! carries an `Arc<Lineage>` with two bits per message (delivered, failed); fan-out clones the
+//! `Arc`, and so does every handle on records a stage took for later, so the lineage lives
+//! until the last branch is done with the batch. Its `Drop` then settles each message once:
+//! failed if any branch failed it, completed if any branch delivered it (exported, or reached a
+//! stage with no consumers), filtered otherwise. That is one allocation and one settlement per
+//! batch; a leaf marks a whole batch delivered with one atomic operation per 64 messages.
+//!
+//! Records a stage takes for later are *pending* until settled. At the end of a shutdown's
+//! drain timeout, what is still pending fails with its own error type ([`DRAIN_TIMEOUT`]):
+//! never silently.
+//!
+//! Messages in flight are also bounded: a source takes one permit per message before it admits
+//! a batch ([`PipelineCounters::admit`]), and the settlement gives them back, so a stage that
+//! holds records (a dead target behind an exporter) slows ingestion instead of growing memory.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap},
     sync::{
-        atomic::{AtomicU64, AtomicU8, Ordering::Relaxed},
-        Arc, Mutex,
+        atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering::Relaxed},
+        Arc, Mutex, OnceLock, Weak,
     },
 };
 
 use abi_stable::std_types::RVec;
 use plugin_api::Record;
 use serde::Serialize;
+use tokio::sync::Semaphore;
 
-const DELIVERED: u8 = 1;
-const FAILED: u8 = 2;
+use crate::lock;
 
-/// The pipeline's message totals.
-#[derive(Default)]
+/// The error type of records still pending when a shutdown's drain timeout ends.
+pub const DRAIN_TIMEOUT: &str = "drain_timeout";
+
+/// The pipeline's message totals, and the bound on messages in flight.
 pub struct PipelineCounters {
     received: AtomicU64,
     completed: AtomicU64,
@@ -31,6 +42,16 @@ pub struct PipelineCounters {
     failed: AtomicU64,
     /// Failed messages by the error type of their first failure.
     failed_by_type: Mutex<BTreeMap<String, u64>>,
+    /// One permit per message that may be in flight.
+    in_flight: Arc<Semaphore>,
+    /// Lineages not yet settled, by first message id: what a drain timeout settles.
+    live: Mutex<HashMap<u64, Weak<Lineage>>>,
+}
+
+impl Default for PipelineCounters {
+    fn default() -> Self {
+        PipelineCounters::with_limit(Semaphore::MAX_PERMITS)
+    }
 }
 
 /// A consistent-enough copy of the totals: `received = completed + filtered + failed +
@@ -46,6 +67,19 @@ pub struct Totals {
 }
 
 impl PipelineCounters {
+    /// Counters allowing at most `max_in_flight` messages in flight.
+    pub fn with_limit(max_in_flight: usize) -> Self {
+        PipelineCounters {
+            received: AtomicU64::new(0),
+            completed: AtomicU64::new(0),
+            filtered: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            failed_by_type: Mutex::new(BTreeMap::new()),
+            in_flight: Arc::new(Semaphore::new(max_in_flight.min(Semaphore::MAX_PERMITS))),
+            live: Mutex::new(HashMap::new()),
+        }
+    }
+
     /// Counts messages that failed before they could enter the pipeline (they were received,
     /// but could not be decoded).
     pub fn reject(&self, error_type: &str, count: u64) {
@@ -55,15 +89,50 @@ impl PipelineCounters {
     }
 
     fn count_failure_type(&self, error_type: &str, count: u64) {
-        let mut by_type = self
-            .failed_by_type
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut by_type = lock(&self.failed_by_type);
         match by_type.get_mut(error_type) {
             Some(n) => *n += count,
             None => {
                 by_type.insert(error_type.to_owned(), count);
             }
+        }
+    }
+
+    /// Waits until `count` more messages may be in flight, then admits them as one batch with
+    /// ids `first_id..first_id + count`.
+    pub async fn admit(self: &Arc<Self>, first_id: u64, count: usize) -> Arc<Lineage> {
+        if count > 0 {
+            let n = u32::try_from(count).unwrap_or(u32::MAX);
+            // The semaphore is never closed, so this cannot fail.
+            if let Ok(permits) = self.in_flight.acquire_many(n).await {
+                permits.forget();
+            }
+        }
+        self.register(Lineage::new(first_id, count, self.clone(), count > 0))
+    }
+
+    /// A lineage for records that are not messages (the monitor's window snapshots): counted
+    /// nowhere, bound by nothing.
+    pub fn unaccounted(self: &Arc<Self>) -> Arc<Lineage> {
+        Arc::new(Lineage::new(0, 0, self.clone(), false))
+    }
+
+    fn register(&self, lineage: Lineage) -> Arc<Lineage> {
+        self.received.fetch_add(lineage.count as u64, Relaxed);
+        let lineage = Arc::new(lineage);
+        lock(&self.live).insert(lineage.first_id, Arc::downgrade(&lineage));
+        lineage
+    }
+
+    /// Settles every lineage still alive, failing what is still pending with `error_type`
+    /// (at the end of a shutdown's drain timeout). Later settlements of theirs are ignored.
+    pub fn settle_all(&self, error_type: &str) {
+        let live: Vec<Arc<Lineage>> = lock(&self.live)
+            .values()
+            .filter_map(Weak::upgrade)
+            .collect();
+        for lineage in live {
+            lineage.settle(Some(error_type));
         }
     }
 
@@ -79,11 +148,7 @@ impl PipelineCounters {
             filtered,
             failed,
             in_flight: received.saturating_sub(completed + filtered + failed),
-            failed_by_type: self
-                .failed_by_type
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .clone(),
+            failed_by_type: lock(&self.failed_by_type).clone(),
         }
     }
 }
@@ -91,78 +156,156 @@ impl PipelineCounters {
 /// The marks of one source batch's messages.
 pub struct Lineage {
     first_id: u64,
-    marks: Box<[AtomicU8]>,
+    count: usize,
+    delivered: Box<[AtomicU64]>,
+    failed: Box<[AtomicU64]>,
+    /// Per message, how many holders of records taken for later have not settled them; made
+    /// on the first deferral, so batches nobody defers never pay for it.
+    pending: OnceLock<Box<[AtomicU16]>>,
+    settled: AtomicBool,
+    /// Whether this batch holds in-flight permits (window records do not).
+    bounded: bool,
     counters: Arc<PipelineCounters>,
 }
 
+fn bitset(count: usize) -> Box<[AtomicU64]> {
+    (0..count.div_ceil(64)).map(|_| AtomicU64::new(0)).collect()
+}
+
 impl Lineage {
-    /// Admits `count` messages with ids `first_id..first_id + count`.
-    pub fn admit(first_id: u64, count: usize, counters: Arc<PipelineCounters>) -> Arc<Lineage> {
-        counters.received.fetch_add(count as u64, Relaxed);
-        Arc::new(Lineage {
+    fn new(first_id: u64, count: usize, counters: Arc<PipelineCounters>, bounded: bool) -> Lineage {
+        Lineage {
             first_id,
-            marks: (0..count).map(|_| AtomicU8::new(0)).collect(),
+            count,
+            delivered: bitset(count),
+            failed: bitset(count),
+            pending: OnceLock::new(),
+            settled: AtomicBool::new(false),
+            bounded,
             counters,
-        })
+        }
     }
 
-    fn mark(&self, id: u64) -> Option<&AtomicU8> {
+    fn index(&self, id: u64) -> Option<usize> {
         let index = usize::try_from(id.checked_sub(self.first_id)?).ok()?;
-        self.marks.get(index)
+        (index < self.count).then_some(index)
     }
 
     /// The message reached the end of a branch.
     pub fn delivered(&self, id: u64) {
-        if let Some(m) = self.mark(id) {
-            m.fetch_or(DELIVERED, Relaxed);
+        if let Some(i) = self.index(id) {
+            self.delivered[i / 64].fetch_or(1 << (i % 64), Relaxed);
+        }
+    }
+
+    /// Every record reached the end of a branch: one atomic operation per 64 messages when
+    /// the records are in id order (as sources send them), more only if a stage reordered.
+    pub fn deliver_all(&self, records: &[Record]) {
+        let mut word = usize::MAX;
+        let mut bits = 0u64;
+        for r in records {
+            let Some(i) = self.index(r.id()) else {
+                continue;
+            };
+            if i / 64 != word {
+                if bits != 0 {
+                    self.delivered[word].fetch_or(bits, Relaxed);
+                }
+                word = i / 64;
+                bits = 0;
+            }
+            bits |= 1 << (i % 64);
+        }
+        if bits != 0 {
+            self.delivered[word].fetch_or(bits, Relaxed);
         }
     }
 
     /// The message failed with `error_type`; only its first failure names its type.
     pub fn failed(&self, id: u64, error_type: &str) {
-        if let Some(m) = self.mark(id) {
-            if m.fetch_or(FAILED, Relaxed) & FAILED == 0 {
+        if let Some(i) = self.index(id) {
+            let bit = 1 << (i % 64);
+            if self.failed[i / 64].fetch_or(bit, Relaxed) & bit == 0 && !self.settled.load(Relaxed)
+            {
                 self.counters.count_failure_type(error_type, 1);
             }
         }
     }
 
-    pub fn deliver_all(&self, records: &[Record]) {
-        for r in records {
-            self.delivered(r.meta.id);
+    fn pending(&self) -> &[AtomicU16] {
+        self.pending
+            .get_or_init(|| (0..self.count).map(|_| AtomicU16::new(0)).collect())
+    }
+
+    /// A stage took the message's record for later.
+    pub fn deferred(&self, id: u64) {
+        if let Some(i) = self.index(id) {
+            self.pending()[i].fetch_add(1, Relaxed);
+        }
+    }
+
+    /// A record taken for later is settled (or handed back to be retried).
+    pub fn undeferred(&self, id: u64) {
+        if let Some(i) = self.index(id) {
+            let _ = self.pending()[i].fetch_update(Relaxed, Relaxed, |n| n.checked_sub(1));
+        }
+    }
+
+    /// Counts every message once: at the last drop, or when a drain timeout forces it (then
+    /// what is still pending fails with `forced`).
+    fn settle(&self, forced: Option<&str>) {
+        if self.settled.swap(true, Relaxed) {
+            return;
+        }
+        let (mut completed, mut failed, mut forced_failed) = (0u64, 0u64, 0u64);
+        let pending = self.pending.get();
+        for i in 0..self.count {
+            let (w, bit) = (i / 64, 1u64 << (i % 64));
+            let is_failed = self.failed[w].load(Relaxed) & bit != 0;
+            let is_pending = pending.is_some_and(|p| p[i].load(Relaxed) > 0);
+            if is_failed {
+                failed += 1;
+            } else if forced.is_some() && is_pending {
+                forced_failed += 1;
+            } else if self.delivered[w].load(Relaxed) & bit != 0 {
+                completed += 1;
+            }
+        }
+        if let (Some(kind), true) = (forced, forced_failed > 0) {
+            self.counters.count_failure_type(kind, forced_failed);
+        }
+        let failed = failed + forced_failed;
+        let filtered = self.count as u64 - completed - failed;
+        // `received` was added at admission, before any of these: totals() stays consistent.
+        let c = &self.counters;
+        c.failed.fetch_add(failed, Relaxed);
+        c.filtered.fetch_add(filtered, Relaxed);
+        c.completed.fetch_add(completed, Relaxed);
+        if self.bounded {
+            c.in_flight.add_permits(self.count);
         }
     }
 }
 
 impl Drop for Lineage {
     fn drop(&mut self) {
-        let (mut completed, mut filtered, mut failed) = (0, 0, 0);
-        for m in self.marks.iter() {
-            let m = m.load(Relaxed);
-            if m & FAILED != 0 {
-                failed += 1;
-            } else if m & DELIVERED != 0 {
-                completed += 1;
-            } else {
-                filtered += 1;
-            }
+        self.settle(None);
+        if self.count > 0 {
+            lock(&self.counters.live).remove(&self.first_id);
         }
-        // `received` was added at admission, before any of these: totals() stays consistent.
-        self.counters.failed.fetch_add(failed, Relaxed);
-        self.counters.filtered.fetch_add(filtered, Relaxed);
-        self.counters.completed.fetch_add(completed, Relaxed);
     }
 }
 
-/// What travels on a queue between stages: records by value, plus their lineage.
+/// What travels on a queue between stages: records (handles on shared data), plus their
+/// lineage.
 pub struct Envelope {
     pub records: RVec<Record>,
     pub lineage: Arc<Lineage>,
 }
 
 impl Envelope {
-    /// One envelope per consumer, for a fan-out: copies for all but the last consumer, which
-    /// gets the original (so a single consumer costs no copy).
+    /// One envelope per consumer, for a fan-out: every consumer but the last gets new handles
+    /// on the same records (a reference count each, no copy); the last gets the original.
     pub fn fan_out(self, consumers: usize) -> Vec<Envelope> {
         let mut out = Vec::with_capacity(consumers);
         for _ in 1..consumers {
@@ -180,7 +323,7 @@ impl Envelope {
     /// Fails every record of an envelope that could not be delivered.
     pub fn fail_all(&self, error_type: &str) {
         for r in self.records.iter() {
-            self.lineage.failed(r.meta.id, error_type);
+            self.lineage.failed(r.id(), error_type);
         }
     }
 }
@@ -189,10 +332,16 @@ impl Envelope {
 mod tests {
     use super::*;
 
-    #[test]
-    fn each_message_settles_once_when_the_last_branch_is_done() {
+    fn record(id: u64) -> Record {
+        let mut r = Record::new();
+        r.set_origin(id, 0, 0);
+        r
+    }
+
+    #[tokio::test]
+    async fn each_message_settles_once_when_the_last_branch_is_done() {
         let counters = Arc::new(PipelineCounters::default());
-        let lineage = Lineage::admit(10, 4, counters.clone());
+        let lineage = counters.admit(10, 4).await;
         let branch = lineage.clone();
         lineage.delivered(10); // completed in one branch
         branch.delivered(11);
@@ -210,6 +359,59 @@ mod tests {
         );
         assert_eq!(t.failed_by_type.get("io"), Some(&1));
         assert_eq!(t.failed_by_type.get("panic"), Some(&1));
+    }
+
+    #[tokio::test]
+    async fn a_whole_batch_delivered_in_any_order_counts_every_message() {
+        let counters = Arc::new(PipelineCounters::default());
+        let lineage = counters.admit(1000, 200).await;
+        let mut records: Vec<Record> = (1000..1200).map(record).collect();
+        records.swap(3, 150);
+        records.remove(7); // id 1007 was filtered
+        lineage.deliver_all(&records);
+        drop(lineage);
+        let t = counters.totals();
+        assert_eq!((t.completed, t.filtered, t.in_flight), (199, 1, 0));
+    }
+
+    #[tokio::test]
+    async fn what_is_pending_at_a_drain_timeout_fails_with_its_own_type() {
+        let counters = Arc::new(PipelineCounters::default());
+        let lineage = counters.admit(1, 3).await;
+        lineage.delivered(1);
+        lineage.deferred(2); // held by an exporter that never settles
+        lineage.deferred(3);
+        lineage.undeferred(3);
+        lineage.delivered(3); // settled as delivered
+        counters.settle_all(DRAIN_TIMEOUT);
+        let t = counters.totals();
+        assert_eq!((t.completed, t.failed, t.in_flight), (2, 1, 0));
+        assert_eq!(t.failed_by_type[DRAIN_TIMEOUT], 1);
+        // The exporter settles late: nothing counts twice.
+        lineage.failed(2, "io");
+        drop(lineage);
+        let t = counters.totals();
+        assert_eq!((t.received, t.completed, t.failed), (3, 2, 1));
+        assert_eq!(t.failed_by_type.get("io"), None);
+    }
+
+    #[tokio::test]
+    async fn messages_in_flight_are_bounded_until_they_settle() {
+        let counters = Arc::new(PipelineCounters::with_limit(10));
+        let first = counters.admit(1, 8).await;
+        let waiting = {
+            let counters = counters.clone();
+            tokio::spawn(async move { counters.admit(9, 8).await })
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(!waiting.is_finished(), "admitted past the bound");
+        drop(first);
+        let second = tokio::time::timeout(std::time::Duration::from_secs(5), waiting)
+            .await
+            .expect("admitted once the first batch settled")
+            .unwrap();
+        drop(second);
+        assert_eq!(counters.totals().in_flight, 0);
     }
 
     #[test]

@@ -18,8 +18,8 @@ use zeromq::{Socket, SocketRecv, SocketSend, ZmqMessage};
 
 use crate::{
     config::{MonitoringMode, PipelineConfig},
+    plugins::registry::Registry,
     publish::generated_message,
-    registry::Registry,
     source::zmtp::{self, Endpoint, Limits, Listener, Role, Sink},
     topology::build_topology,
 };

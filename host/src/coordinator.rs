@@ -7,17 +7,20 @@
 //!   (`performance.phase.start`, `performance.phase.end`, then
 //!   `performance.operation.complete` or `performance.operation.failed`); the monitor consumes
 //!   them (see [`consume`]), so local metrics stay complete.
+//! - `custom`: as `direct`, and each call's outcome also goes to an observer plugin
+//!   ([`crate::observer`]).
 
 use std::{
     sync::Arc,
     time::{Duration, Instant},
 };
 
-use plugin_api::StageError;
+use plugin_api::{CallReport, StageError};
 
 use crate::{
     events::{next_context_id, Event, EventBus, EventKind, EventPayload, Pattern, Subscription},
     monitor::{CallOutcome, Monitor, StageStats},
+    observer::ObserverFeed,
 };
 
 /// The operation every stage call performs.
@@ -31,6 +34,7 @@ pub enum Coordinator {
     Disabled,
     Direct(Arc<StageStats>),
     EventDriven(Arc<EventDriven>),
+    Custom(Arc<StageStats>, Arc<ObserverFeed>),
 }
 
 /// What the event-driven coordinator needs, shared by one stage's calls.
@@ -79,8 +83,8 @@ impl EventDriven {
             EventPayload::OperationFailed {
                 stage: self.stage.clone(),
                 operation: operation.clone(),
-                error_type: error.kind.as_str().into(),
-                message: error.message.to_string(),
+                error_type: error.kind().into(),
+                message: error.message().to_string(),
                 records,
                 duration_ns: duration.map_or(0, |d| d.as_nanos() as u64),
             },
@@ -107,7 +111,7 @@ impl Coordinator {
                 started: None,
                 context_id: 0,
             },
-            Coordinator::Direct(_) => Phase {
+            Coordinator::Direct(_) | Coordinator::Custom(..) => Phase {
                 started: Some(Instant::now()),
                 context_id: 0,
             },
@@ -128,6 +132,10 @@ impl Coordinator {
         match self {
             Coordinator::Disabled => {}
             Coordinator::Direct(stats) => stats.record_call(duration, outcome),
+            Coordinator::Custom(stats, feed) => {
+                stats.record_call(duration, outcome);
+                report(feed, &stats.name, duration, outcome);
+            }
             Coordinator::EventDriven(ed) => {
                 let ctx = phase.context_id;
                 ed.emit(EventKind::PhaseEnd, ctx, ed.phase());
@@ -140,7 +148,7 @@ impl Coordinator {
                         // Record-level failures first, so the monitor has them when the call
                         // completes.
                         for f in failures.iter() {
-                            ed.failed(ctx, &ed.record_operation, &f.error, 1, None);
+                            ed.failed(ctx, &ed.record_operation, f.error(), 1, None);
                         }
                         ed.emit(
                             EventKind::OperationComplete,
@@ -167,7 +175,9 @@ impl Coordinator {
     pub fn record_metric(&self, name: &str, value: f64) {
         match self {
             Coordinator::Disabled => {}
-            Coordinator::Direct(stats) => stats.set_gauge(name, value),
+            Coordinator::Direct(stats) | Coordinator::Custom(stats, _) => {
+                stats.set_gauge(name, value)
+            }
             Coordinator::EventDriven(ed) => ed.emit(
                 EventKind::MetricRecorded,
                 0,
@@ -179,6 +189,56 @@ impl Coordinator {
                 },
             ),
         }
+    }
+}
+
+/// Hands one call's outcome to the observer: the call, then one report per error type of the
+/// records it failed one by one (operation `process.record`).
+fn report(feed: &ObserverFeed, stage: &str, duration: Option<Duration>, outcome: &CallOutcome<'_>) {
+    let ended_at_ns = crate::clock::unix_ns();
+    let duration_ns = duration.map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+    let call =
+        |operation: &str, records_in, records_out, records_failed, error_type: &str| CallReport {
+            stage: stage.into(),
+            operation: operation.into(),
+            ended_at_ns,
+            duration_ns,
+            records_in,
+            records_out,
+            records_failed,
+            error_type: error_type.into(),
+        };
+    match outcome {
+        CallOutcome::Success {
+            records_in,
+            records_out,
+            failures,
+        } => {
+            feed.push(call(
+                OPERATION,
+                *records_in as u64,
+                *records_out as u64,
+                failures.len() as u64,
+                "",
+            ));
+            let mut by_type: Vec<(&str, u64)> = Vec::new();
+            for f in failures.iter() {
+                match by_type.iter_mut().find(|(k, _)| *k == f.error().kind()) {
+                    Some((_, n)) => *n += 1,
+                    None => by_type.push((f.error().kind(), 1)),
+                }
+            }
+            for (kind, n) in by_type {
+                feed.push(call(RECORD_OPERATION, 0, 0, n, kind));
+            }
+        }
+        CallOutcome::Error { records_in, error } => feed.push(call(
+            OPERATION,
+            *records_in as u64,
+            0,
+            *records_in as u64,
+            error.kind(),
+        )),
     }
 }
 

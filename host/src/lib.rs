@@ -1,25 +1,23 @@
 //! The plugin host: runs YAML pipelines of dynamically loaded stages over ZeroMQ.
 //!
 //! The principal type in this crate is [`topology::Topology`]: [`config::PipelineConfig`]
-//! (the YAML, typed and validated) plus a [`registry::Registry`] (built-in and loaded stage
-//! types) go into [`topology::build_topology`], whose result starts as a
+//! (the YAML, typed and validated) plus a [`plugins::registry::Registry`] (built-in and loaded
+//! stage types) go into [`topology::build_topology`], whose result starts as a
 //! [`topology::RunningPipeline`] and drains on shutdown. The binary `host` adds the CLI.
 
 pub mod accounting;
 pub mod admin;
 pub mod bench;
-pub mod builtin;
 pub mod clock;
 pub mod config;
-pub mod context;
 pub mod coordinator;
 pub mod crash;
 pub mod events;
 pub mod health;
-pub mod loader;
 pub mod monitor;
+pub mod observer;
+pub mod plugins;
 pub mod publish;
-pub mod registry;
 pub mod source;
 pub mod topology;
 

@@ -7,9 +7,8 @@ use clap::{Parser, Subcommand};
 use host::{
     bench::{self, BenchOptions},
     config::{ConfigError, MonitoringMode, PipelineConfig},
-    loader::LoadOptions,
+    plugins::{loader::LoadOptions, registry::Registry},
     publish::{self, Publish, SendSocket},
-    registry::Registry,
     topology::{self, build_topology},
 };
 use tokio::signal::unix::{signal, SignalKind};

@@ -180,16 +180,16 @@ fn configs_the_plugin_rejects_are_located() {
         &format!(
             "{HEAD}  p:\n    plugin: rules\n    inputs: [in]\n    config:\n      drop:\n        - {{ field: \"\", equals: debug }}\n  out: {{ plugin: null, inputs: [p] }}\n"
         ),
-        "config:",
-        "stage `p` (rules): invalid config: drop[0]: `field` must not be empty",
+        "field: \"\"",
+        "stage `p` (rules): invalid config at `drop[0].field`: `field` must not be empty",
     );
     check(
         "rules_drop_equals_a_list",
         &format!(
             "{HEAD}  p:\n    plugin: rules\n    inputs: [in]\n    config:\n      drop:\n        - {{ field: level, equals: [1, 2] }}\n  out: {{ plugin: null, inputs: [p] }}\n"
         ),
-        "config:",
-        "drop[0]: `equals` must be a scalar",
+        "equals: [1, 2]",
+        "invalid config at `drop[0].equals`: `equals` must be a scalar",
     );
 }
 

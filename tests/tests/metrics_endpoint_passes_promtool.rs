@@ -259,10 +259,21 @@ fn metrics_are_valid_prometheus_text_with_the_expected_values() {
         ),
         None
     );
-    assert_eq!(
-        m.value("host_monitor_plugin_updates_dropped_total", &[]),
-        0.0
-    );
+    // No plugin metric update was refused, for any reason.
+    for reason in [
+        "too_many_series",
+        "kind_mismatch",
+        "reserved_label",
+        "invalid_label",
+    ] {
+        assert_eq!(
+            m.get(
+                "host_monitor_plugin_updates_dropped_total",
+                &[("reason", reason)]
+            ),
+            None
+        );
+    }
 
     // The memory bus, health and readiness.
     assert_eq!(m.value("host_event_bus_up", &[("bus", "memory")]), 1.0);

@@ -313,7 +313,7 @@ fn a_directory_scan_runs_no_foreign_initialiser() {
 
     let mut cmd = host_command();
     cmd.env("INIT_MARKER_FILE", &marker)
-        .env("RUST_LOG", "info,host::loader=debug")
+        .env("RUST_LOG", "info,host::plugins::loader=debug")
         .args(["plugins", "--path"])
         .arg(dir.path());
     let out = plugins_with(cmd);

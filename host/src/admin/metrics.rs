@@ -255,13 +255,15 @@ pub async fn render(state: &AdminState, connections: Option<ConnectionCounts>) -
     e.family(
         "host_monitor_plugin_updates_dropped_total",
         "counter",
-        "Plugin metric updates refused (too many series, or a kind mismatch).",
+        "Plugin metric updates refused, by reason (too many series, a kind mismatch, a reserved or invalid label or name).",
     );
-    e.sample(
-        "host_monitor_plugin_updates_dropped_total",
-        &[],
-        state.monitor.plugins.dropped() as f64,
-    );
+    for (reason, n) in state.monitor.plugins.dropped() {
+        e.sample(
+            "host_monitor_plugin_updates_dropped_total",
+            &[("reason", reason)],
+            n as f64,
+        );
+    }
 
     if let Some(bus) = &state.bus {
         let b = bus.stats();
@@ -298,6 +300,20 @@ pub async fn render(state: &AdminState, connections: Option<ConnectionCounts>) -
     }
 
     sources(&mut e, &snap.sources);
+    if let Some(o) = &snap.observer {
+        e.family(
+            "host_observer_calls_total",
+            "counter",
+            "Stage call outcomes for the observer of mode custom: handed to it, or dropped because its queue was full.",
+        );
+        for (outcome, n) in [("delivered", o.delivered), ("dropped", o.dropped)] {
+            e.sample(
+                "host_observer_calls_total",
+                &[("outcome", outcome)],
+                n as f64,
+            );
+        }
+    }
     if let Some(c) = connections {
         admin_connections(&mut e, &c);
     }

@@ -213,16 +213,31 @@ pub struct RuntimeConfig {
     /// Batches each stage's input queue holds before its producers wait.
     #[serde(default = "default_queue_capacity")]
     pub queue_capacity: usize,
+    /// Messages in flight (received and not yet settled) at most; the sources wait beyond.
+    #[serde(default = "default_max_in_flight")]
+    pub max_in_flight: usize,
+    /// At shutdown, how long to wait for records stages hold (exporters sending in the
+    /// background) to be settled; what is still unsettled then fails as `drain_timeout`.
+    #[serde(default = "default_drain_timeout", with = "humantime_serde")]
+    pub drain_timeout: Duration,
 }
 
 fn default_queue_capacity() -> usize {
     8
+}
+fn default_max_in_flight() -> usize {
+    65_536
+}
+fn default_drain_timeout() -> Duration {
+    Duration::from_secs(30)
 }
 
 impl Default for RuntimeConfig {
     fn default() -> Self {
         RuntimeConfig {
             queue_capacity: default_queue_capacity(),
+            max_in_flight: default_max_in_flight(),
+            drain_timeout: default_drain_timeout(),
         }
     }
 }
@@ -234,6 +249,9 @@ pub enum MonitoringMode {
     #[default]
     Direct,
     EventDriven,
+    /// Like `direct`, and every call's outcome also goes to an observer plugin
+    /// (`monitoring.custom`).
+    Custom,
 }
 
 impl MonitoringMode {
@@ -242,8 +260,27 @@ impl MonitoringMode {
             MonitoringMode::Disabled => "disabled",
             MonitoringMode::Direct => "direct",
             MonitoringMode::EventDriven => "event_driven",
+            MonitoringMode::Custom => "custom",
         }
     }
+}
+
+/// `monitoring.custom`: the observer plugin of `mode: custom`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CustomMonitoringConfig {
+    /// An observer type offered by a loaded library.
+    pub plugin: String,
+    /// Handed to the observer as it is.
+    #[serde(default)]
+    pub config: serde_yaml::Value,
+    /// Call outcomes queued for the observer; beyond, they are dropped (and counted).
+    #[serde(default = "default_observer_queue")]
+    pub queue_capacity: usize,
+}
+
+fn default_observer_queue() -> usize {
+    65_536
 }
 
 /// The built-in monitor, coordinator, events, health checks and admin API.
@@ -267,6 +304,9 @@ pub struct MonitoringConfig {
     pub events: EventsConfig,
     #[serde(default)]
     pub health: HealthConfig,
+    /// The observer plugin of `mode: custom`.
+    #[serde(default)]
+    pub custom: Option<CustomMonitoringConfig>,
 }
 
 impl Default for MonitoringConfig {
@@ -279,6 +319,7 @@ impl Default for MonitoringConfig {
             admin: AdminConfig::default(),
             events: EventsConfig::default(),
             health: HealthConfig::default(),
+            custom: None,
         }
     }
 }
@@ -527,6 +568,34 @@ impl PipelineConfig {
                 "`max_connections` must be at least 1",
             ));
         }
+        match (&self.monitoring.mode, &self.monitoring.custom) {
+            (MonitoringMode::Custom, None) => out.push(self.diagnostic(
+                &["monitoring", "mode"],
+                "`mode: custom` needs `monitoring.custom: { plugin: NAME }`",
+            )),
+            (MonitoringMode::Custom, Some(c)) if c.queue_capacity == 0 => {
+                out.push(self.diagnostic(
+                    &["monitoring", "custom", "queue_capacity"],
+                    "`queue_capacity` must be at least 1",
+                ))
+            }
+            (mode, Some(_)) if *mode != MonitoringMode::Custom => out.push(self.diagnostic(
+                &["monitoring", "custom"],
+                "`monitoring.custom` applies to `mode: custom` only",
+            )),
+            _ => {}
+        }
+        for (name, source) in &self.sources {
+            if source.batch_size > self.runtime.max_in_flight {
+                out.push(self.diagnostic(
+                    &["sources", name, "batch_size"],
+                    format!(
+                        "`batch_size` ({}) is larger than `runtime.max_in_flight` ({})",
+                        source.batch_size, self.runtime.max_in_flight
+                    ),
+                ));
+            }
+        }
         if self.runtime.queue_capacity == 0 {
             out.push(self.diagnostic(
                 &["runtime", "queue_capacity"],
@@ -629,17 +698,22 @@ impl PipelineConfig {
 
     /// The stage's `config` block as the JSON text handed to the stage.
     pub fn stage_config_json(&self, stage: &str) -> Result<String, Diagnostic> {
-        let value = &self.stages[stage].config;
+        self.config_json(&self.stages[stage].config, &["stages", stage, "config"])
+    }
+
+    /// A `config:` block (a stage's, or the observer's) as the JSON text handed to the
+    /// plugin.
+    pub fn config_json(
+        &self,
+        value: &serde_yaml::Value,
+        at: &[&str],
+    ) -> Result<String, Diagnostic> {
         if value.is_null() {
             return Ok("{}".into());
         }
         // Straight from the YAML value, so maps keep the order they were written in.
-        serde_json::to_string(value).map_err(|e| {
-            self.diagnostic(
-                &["stages", stage, "config"],
-                format!("stage `{stage}`: config cannot be handed to the stage: {e}"),
-            )
-        })
+        serde_json::to_string(value)
+            .map_err(|e| self.diagnostic(at, format!("config cannot be handed to the plugin: {e}")))
     }
 
     /// The names of the stages that take `name`'s output, in file order.

@@ -177,7 +177,8 @@ impl From<plugin_api::HealthStatus> for HealthState {
         match s {
             plugin_api::HealthStatus::Healthy => HealthState::Healthy,
             plugin_api::HealthStatus::Degraded => HealthState::Degraded,
-            plugin_api::HealthStatus::Unhealthy => HealthState::Unhealthy,
+            // A status a later plugin-api added counts as unhealthy.
+            _ => HealthState::Unhealthy,
         }
     }
 }

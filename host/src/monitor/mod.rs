@@ -25,6 +25,7 @@ pub use stage::{
 use crate::accounting::{PipelineCounters, Totals};
 use crate::clock::unix_secs;
 use crate::lock;
+use crate::observer::ObserverStats;
 use crate::source::zmtp::ConnectionStats;
 
 /// The monitor's cumulative view (`/api/metrics`, the `--summary` file).
@@ -36,6 +37,10 @@ pub struct Snapshot {
     pub stages: Vec<StageSnapshot>,
     /// Each source's connections.
     pub sources: Vec<SourceSnapshot>,
+    /// The observer of `mode: custom`: call outcomes handed to it, and dropped because its
+    /// queue was full.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub observer: Option<ObserverSnapshot>,
     /// The current window so far.
     pub window: WindowSnapshot,
     pub plugin_metrics: Vec<plugin::SeriesSnapshot>,
@@ -68,6 +73,13 @@ pub struct SourceSnapshot {
     pub protocol_errors: BTreeMap<&'static str, u64>,
 }
 
+/// What the observer of `mode: custom` was handed.
+#[derive(Debug, Clone, Serialize)]
+pub struct ObserverSnapshot {
+    pub delivered: u64,
+    pub dropped: u64,
+}
+
 /// Statistics of every stage plus the pipeline totals.
 pub struct Monitor {
     pub mode: &'static str,
@@ -75,6 +87,7 @@ pub struct Monitor {
     pub stages: Vec<Arc<StageStats>>,
     pub plugins: Arc<PluginMetrics>,
     sources: Mutex<Vec<(String, Arc<ConnectionStats>)>>,
+    observer: Mutex<Option<Arc<ObserverStats>>>,
     started: Instant,
     /// Pipeline totals when the current window started.
     window_base: Mutex<(Instant, Totals)>,
@@ -101,14 +114,16 @@ impl Monitor {
         mode: &'static str,
         pipeline: Arc<PipelineCounters>,
         stages: Vec<Arc<StageStats>>,
+        plugins: Arc<PluginMetrics>,
     ) -> Self {
         let now = Instant::now();
         Monitor {
             mode,
             pipeline,
             stages,
-            plugins: Arc::new(PluginMetrics::default()),
+            plugins,
             sources: Mutex::new(Vec::new()),
+            observer: Mutex::new(None),
             started: now,
             window_base: Mutex::new((now, Totals::default())),
         }
@@ -121,6 +136,11 @@ impl Monitor {
     /// Adds a source's connection counters to the snapshots.
     pub fn register_source(&self, name: &str, stats: Arc<ConnectionStats>) {
         lock(&self.sources).push((name.to_owned(), stats));
+    }
+
+    /// Adds the observer's counts to the snapshots.
+    pub fn register_observer(&self, stats: Arc<ObserverStats>) {
+        *lock(&self.observer) = Some(stats);
     }
 
     fn source_snapshots(&self) -> Vec<SourceSnapshot> {
@@ -149,6 +169,10 @@ impl Monitor {
             pipeline: self.pipeline.totals(),
             stages: self.stages.iter().map(|s| s.snapshot(uptime)).collect(),
             sources: self.source_snapshots(),
+            observer: lock(&self.observer).as_ref().map(|o| ObserverSnapshot {
+                delivered: o.delivered.load(Relaxed),
+                dropped: o.dropped.load(Relaxed),
+            }),
             window: self.current_window(),
             plugin_metrics: self.plugins.snapshot(),
         }

@@ -6,7 +6,6 @@ use std::{collections::BTreeMap, sync::Mutex};
 use plugin_api::MetricKind;
 use serde::Serialize;
 
-use crate::context::MetricSink;
 use crate::lock;
 
 /// Histogram bucket bounds for plugin histograms: decades cover seconds and sizes alike.
@@ -43,7 +42,32 @@ pub enum SeriesValue {
 #[derive(Default)]
 struct Inner {
     series: BTreeMap<SeriesKey, SeriesValue>,
-    dropped: u64,
+    /// Updates refused, by reason.
+    dropped: BTreeMap<&'static str, u64>,
+}
+
+/// Label names the host sets itself (`stage`), or that Prometheus reserves for histograms
+/// (`le`) and summaries (`quantile`): a plugin label of that name would render duplicate or
+/// invalid series.
+const RESERVED_LABELS: [&str; 3] = ["stage", "le", "quantile"];
+
+/// Whether `name` is a Prometheus label name (and not reserved).
+fn valid_label(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && !name.starts_with("__")
+}
+
+/// Whether `name` can be a metric name under `host_plugin_`.
+fn valid_metric(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 200
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
 }
 
 /// Every plugin metric series.
@@ -83,13 +107,20 @@ impl PluginMetrics {
             .collect()
     }
 
-    pub fn dropped(&self) -> u64 {
-        lock(&self.inner).dropped
+    /// Updates refused so far, by reason: `too_many_series`, `kind_mismatch`,
+    /// `negative_increment`, `reserved_label`, `invalid_label`, `invalid_name`,
+    /// `unknown_kind`.
+    pub fn dropped(&self) -> BTreeMap<&'static str, u64> {
+        lock(&self.inner).dropped.clone()
     }
-}
 
-impl MetricSink for PluginMetrics {
-    fn record(
+    fn refuse(&self, reason: &'static str) {
+        *lock(&self.inner).dropped.entry(reason).or_default() += 1;
+    }
+
+    /// Records one update of stage `stage`'s metric `name`; refuses (and counts) what would
+    /// render a broken or ambiguous series.
+    pub fn record(
         &self,
         stage: &str,
         kind: MetricKind,
@@ -97,6 +128,24 @@ impl MetricSink for PluginMetrics {
         value: f64,
         labels: &[(&str, &str)],
     ) {
+        if !kind.is_known() {
+            return self.refuse("unknown_kind");
+        }
+        if !valid_metric(name) {
+            return self.refuse("invalid_name");
+        }
+        // NaN counts as negative: neither may be added to a counter.
+        if kind == MetricKind::Counter && (value < 0.0 || value.is_nan()) {
+            return self.refuse("negative_increment");
+        }
+        for (k, _) in labels {
+            if RESERVED_LABELS.contains(k) {
+                return self.refuse("reserved_label");
+            }
+            if !valid_label(k) {
+                return self.refuse("invalid_label");
+            }
+        }
         let mut labels: Vec<(String, String)> = labels
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -109,22 +158,21 @@ impl MetricSink for PluginMetrics {
         };
         let mut inner = lock(&self.inner);
         if !inner.series.contains_key(&key) && inner.series.len() >= MAX_SERIES {
-            inner.dropped += 1;
+            *inner.dropped.entry("too_many_series").or_default() += 1;
             return;
         }
         let entry = inner.series.entry(key).or_insert_with(|| match kind {
             MetricKind::Counter => SeriesValue::Counter { value: 0.0 },
             MetricKind::Gauge => SeriesValue::Gauge { value: 0.0 },
-            MetricKind::Histogram => SeriesValue::Histogram {
+            // Histogram (other kinds were refused above).
+            _ => SeriesValue::Histogram {
                 count: 0,
                 sum: 0.0,
                 buckets: vec![0; PLUGIN_BUCKETS.len()],
             },
         });
         match entry {
-            SeriesValue::Counter { value: v } if kind == MetricKind::Counter && value >= 0.0 => {
-                *v += value
-            }
+            SeriesValue::Counter { value: v } if kind == MetricKind::Counter => *v += value,
             SeriesValue::Gauge { value: v } if kind == MetricKind::Gauge => *v = value,
             SeriesValue::Histogram {
                 count,
@@ -139,9 +187,8 @@ impl MetricSink for PluginMetrics {
                     }
                 }
             }
-            // A series used with another kind than it was created with, or a negative
-            // counter increment: refused, and counted.
-            _ => inner.dropped += 1,
+            // A series used with another kind than it was created with.
+            _ => *inner.dropped.entry("kind_mismatch").or_default() += 1,
         }
     }
 }
@@ -176,6 +223,22 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        assert_eq!(m.dropped(), 1);
+        assert_eq!(m.dropped()["kind_mismatch"], 1);
+    }
+
+    #[test]
+    fn reserved_and_invalid_labels_are_refused_and_counted() {
+        let m = PluginMetrics::default();
+        m.record("s", MetricKind::Counter, "x", 1.0, &[("stage", "other")]);
+        m.record("s", MetricKind::Counter, "x", 1.0, &[("le", "1")]);
+        m.record("s", MetricKind::Counter, "x", 1.0, &[("bad-label", "1")]);
+        m.record("s", MetricKind::Counter, "bad name", 1.0, &[]);
+        m.record("s", MetricKind::Counter, "x", -1.0, &[]);
+        assert!(m.series().is_empty());
+        let d = m.dropped();
+        assert_eq!(
+            (d["reserved_label"], d["invalid_label"], d["invalid_name"]),
+            (2, 1, 1)
+        );
     }
 }

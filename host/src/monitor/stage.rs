@@ -8,7 +8,7 @@ use std::{
 };
 
 use hdrhistogram::Histogram;
-use plugin_api::{Failure, Record, StageError, StageKind, Value};
+use plugin_api::{Failure, Record, StageError, StageKind, Value, ValueKind};
 use serde::Serialize;
 
 use crate::lock;
@@ -44,6 +44,10 @@ pub struct Counts {
     pub records_in: u64,
     pub records_out: u64,
     pub records_failed: u64,
+    /// Records the stage took for later (acknowledged delivery), and of those, how many it
+    /// settled as delivered (failed ones count in `records_failed`).
+    pub records_deferred: u64,
+    pub records_delivered_later: u64,
     pub errors_by_type: BTreeMap<String, u64>,
     pub data_types: BTreeMap<String, u64>,
 }
@@ -71,14 +75,14 @@ impl Counts {
                 self.records_out += *records_out as u64;
                 self.records_failed += failures.len() as u64;
                 for f in failures.iter() {
-                    Self::bump(&mut self.errors_by_type, &f.error.kind, 1);
+                    Self::bump(&mut self.errors_by_type, f.error().kind(), 1);
                 }
             }
             CallOutcome::Error { records_in, error } => {
                 self.errors += 1;
                 self.records_in += *records_in as u64;
                 self.records_failed += *records_in as u64;
-                Self::bump(&mut self.errors_by_type, &error.kind, 1);
+                Self::bump(&mut self.errors_by_type, error.kind(), 1);
             }
         }
     }
@@ -210,7 +214,25 @@ impl StageStats {
         let s = &mut *guard;
         for c in [&mut s.total, &mut s.window] {
             c.errors += 1;
-            Counts::bump(&mut c.errors_by_type, &error.kind, 1);
+            Counts::bump(&mut c.errors_by_type, error.kind(), 1);
+        }
+    }
+
+    /// Records taken for later by the stage.
+    pub fn record_deferred(&self, n: u64) {
+        let mut guard = lock(&self.state);
+        let s = &mut *guard;
+        for c in [&mut s.total, &mut s.window] {
+            c.records_deferred += n;
+        }
+    }
+
+    /// Records taken for later that the stage settled as delivered.
+    pub fn record_delivered_later(&self, n: u64) {
+        let mut guard = lock(&self.state);
+        let s = &mut *guard;
+        for c in [&mut s.total, &mut s.window] {
+            c.records_delivered_later += n;
         }
     }
 
@@ -220,8 +242,8 @@ impl StageStats {
     pub fn record_types(&self, records: &[Record], field: &str) {
         let mut tally: Vec<(&str, u64)> = Vec::with_capacity(8);
         for r in records {
-            let t = match r.get(field) {
-                Some(Value::Str(v)) => v.as_str(),
+            let t = match r.get(field).map(Value::kind) {
+                Some(ValueKind::Str(v)) => v,
                 Some(_) => "other",
                 None => "none",
             };
@@ -242,8 +264,8 @@ impl StageStats {
     /// message produced (the monitor's own windows) have no ingest time and are skipped.
     pub fn record_delivered(&self, records: &[Record], now_ns: u64) {
         let mut s = lock(&self.state);
-        for r in records.iter().filter(|r| r.meta.received_at_ns != 0) {
-            let ns = now_ns.saturating_sub(r.meta.received_at_ns).max(1);
+        for r in records.iter().filter(|r| r.received_at_ns() != 0) {
+            let ns = now_ns.saturating_sub(r.received_at_ns()).max(1);
             s.e2e.saturating_record(ns);
             s.window_e2e.saturating_record(ns);
         }
@@ -342,10 +364,7 @@ mod tests {
             };
             stats.record_call(Some(Duration::from_millis(i)), &outcome);
         }
-        let failures = [Failure {
-            id: 1,
-            error: StageError::new("validation", "bad"),
-        }];
+        let failures = [Failure::new(1, StageError::new("validation", "bad"))];
         stats.record_call(
             None,
             &CallOutcome::Success {

@@ -4,8 +4,7 @@
 pub mod zmq;
 pub mod zmtp;
 
-use abi_stable::std_types::RVec;
-use plugin_api::{Field, JsonError, Record, RecordMeta, Value};
+use plugin_api::{JsonError, Record, Value};
 
 use crate::config::Decode;
 
@@ -40,12 +39,10 @@ pub fn decode(payload: &[u8], decode: Decode, max_bytes: usize) -> Result<Record
         Decode::Json => Record::from_json(payload).map_err(DecodeError::Json),
         Decode::Raw => {
             let value = match std::str::from_utf8(payload) {
-                Ok(text) => Value::Str(text.into()),
-                Err(_) => Value::Bytes(payload.into()),
+                Ok(text) => Value::from(text),
+                Err(_) => Value::bytes(payload.to_vec()),
             };
-            let mut fields = RVec::with_capacity(1);
-            fields.push(Field::new("message", value));
-            Ok(Record::new(RecordMeta::default(), fields))
+            Ok([("message", value)].into_iter().collect())
         }
     }
 }
@@ -79,6 +76,9 @@ mod tests {
         let r = decode(b"hello", Decode::Raw, 64).unwrap();
         assert_eq!(r.get("message").and_then(Value::as_str), Some("hello"));
         let r = decode(b"\xff", Decode::Raw, 64).unwrap();
-        assert!(matches!(r.get("message"), Some(Value::Bytes(_))));
+        assert!(matches!(
+            r.get("message").map(Value::kind),
+            Some(plugin_api::ValueKind::Bytes(_))
+        ));
     }
 }

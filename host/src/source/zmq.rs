@@ -18,7 +18,7 @@ use super::{
     DecodeError,
 };
 use crate::{
-    accounting::{Envelope, Lineage, PipelineCounters},
+    accounting::{Envelope, PipelineCounters},
     config::{Decode, SocketKind, SourceConfig},
 };
 
@@ -162,8 +162,8 @@ impl Sink for BatchSink {
         }
         match decode(payload, self.decode, self.max_bytes) {
             Ok(mut record) => {
-                record.meta.size_bytes = payload.len() as u64;
-                record.meta.received_at_ns = received_at_ns;
+                // The id is set when the batch is admitted.
+                record.set_origin(0, payload.len() as u64, received_at_ns);
                 self.batch.push(record);
             }
             Err(e) => self.counters.reject(e.error_type(), 1),
@@ -187,7 +187,8 @@ impl Sink for BatchSink {
     }
 }
 
-/// Admits a batch (ids, lineage) and sends it to every consumer.
+/// Admits a batch (ids, lineage; waiting while the pipeline holds `runtime.max_in_flight`
+/// messages) and sends it to every consumer.
 pub async fn send_batch(
     mut records: RVec<Record>,
     outputs: &[mpsc::Sender<Envelope>],
@@ -196,9 +197,10 @@ pub async fn send_batch(
 ) {
     let first_id = next_id.fetch_add(records.len() as u64, Relaxed);
     for (i, r) in records.iter_mut().enumerate() {
-        r.meta.id = first_id + i as u64;
+        let (size, at) = (r.size_bytes(), r.received_at_ns());
+        r.set_origin(first_id + i as u64, size, at);
     }
-    let lineage = Lineage::admit(first_id, records.len(), counters.clone());
+    let lineage = counters.admit(first_id, records.len()).await;
     // A source nobody reads delivers its messages nowhere: they settle as filtered.
     let envelopes = Envelope { records, lineage }.fan_out(outputs.len());
     for (tx, envelope) in outputs.iter().zip(envelopes) {

@@ -14,20 +14,20 @@ use std::{
     time::Duration,
 };
 
-use plugin_api::{StageBox, StageKind};
+use plugin_api::{ObserverBox, StageBox, StageKind};
 use tokio::sync::{mpsc, watch};
 
 use crate::{
-    accounting::PipelineCounters,
+    accounting::{PipelineCounters, DRAIN_TIMEOUT},
     admin::{self, AdminState, PipelineGraph, SourceView, StageView},
     config::{ConfigError, Diagnostic, MonitoringMode, PipelineConfig},
-    context,
     coordinator::{self, Coordinator, EventDriven},
     crash::CallMarker,
     events::{self, instance_id, EventBus, EventKind, EventPayload, EventsError},
     health::Health,
-    monitor::{Monitor, Snapshot, StageStats},
-    registry::Registry,
+    monitor::{Monitor, PluginMetrics, Snapshot, StageStats},
+    observer,
+    plugins::{callbacks, registry::Registry},
     source::zmq::{SourceError, ZmqSource},
 };
 use probe::StageProbe;
@@ -63,39 +63,78 @@ pub fn check(cfg: &PipelineConfig, registry: &Registry) -> Vec<Diagnostic> {
         match cfg.stage_config_json(name) {
             Ok(json) => {
                 if let Err(e) = ty.check_config(&json) {
-                    let (keys, message) = config_error_location(&e);
-                    let mut path = vec!["stages", name.as_str(), "config"];
-                    path.extend(keys.iter().map(String::as_str));
-                    out.push(cfg.diagnostic(
-                        &path,
-                        format!("stage `{name}` ({}): invalid config{message}", stage.plugin),
+                    out.push(config_diagnostic(
+                        cfg,
+                        &["stages", name, "config"],
+                        &format!("stage `{name}` ({})", stage.plugin),
+                        &e,
                     ));
                 }
             }
             Err(d) => out.push(d),
         }
     }
+    if let (MonitoringMode::Custom, Some(custom)) = (cfg.monitoring.mode, &cfg.monitoring.custom) {
+        let at = ["monitoring", "custom", "config"];
+        match registry.get(&custom.plugin) {
+            Some(ty) if ty.kind == StageKind::Observer => {
+                match cfg.config_json(&custom.config, &at) {
+                    Ok(json) => {
+                        if let Err(e) = ty.check_config(&json) {
+                            out.push(config_diagnostic(
+                                cfg,
+                                &at,
+                                &format!("observer `{}`", custom.plugin),
+                                &e,
+                            ));
+                        }
+                    }
+                    Err(d) => out.push(d),
+                }
+            }
+            Some(ty) => out.push(cfg.diagnostic(
+                &["monitoring", "custom", "plugin"],
+                format!(
+                    "`{}` is a {} stage, not an observer",
+                    custom.plugin, ty.kind
+                ),
+            )),
+            None => out.push(cfg.diagnostic(
+                &["monitoring", "custom", "plugin"],
+                format!(
+                    "no observer type named `{}` in the loaded libraries",
+                    custom.plugin
+                ),
+            )),
+        }
+    }
     out
 }
 
-/// Where in a stage's `config:` a config error is, from the SDK's "at `drop[0].field`: ..."
-/// form: the keys (`["drop", "0", "field"]`) and the message to show (" at `drop[0].field`:
-/// ..." or ": ..." when the error names no key).
-fn config_error_location(error: &str) -> (Vec<String>, String) {
-    let located = error
-        .strip_prefix("at `")
-        .and_then(|rest| rest.split_once("`: "));
-    match located {
-        Some((path, _)) => {
-            let keys = path
-                .split(['.', '['])
-                .filter(|k| !k.is_empty())
-                .map(|k| k.trim_end_matches(']').to_owned())
-                .collect();
-            (keys, format!(" {error}"))
-        }
-        None => (Vec::new(), format!(": {error}")),
-    }
+/// A config a plugin rejected, pointing at the key it names (`drop[0].field` under `at`).
+fn config_diagnostic(
+    cfg: &PipelineConfig,
+    at: &[&str],
+    what: &str,
+    error: &plugin_api::ConfigError,
+) -> Diagnostic {
+    let keys: Vec<&str> = error
+        .path
+        .split(['.', '['])
+        .filter(|k| !k.is_empty())
+        .map(|k| k.trim_end_matches(']'))
+        .collect();
+    let mut path = at.to_vec();
+    path.extend(keys);
+    let message = if error.path.is_empty() {
+        format!("{what}: invalid config: {}", error.message)
+    } else {
+        format!(
+            "{what}: invalid config at `{}`: {}",
+            error.path, error.message
+        )
+    };
+    cfg.diagnostic(&path, message)
 }
 
 /// A built stage, not yet running.
@@ -111,6 +150,8 @@ struct BuiltStage {
 pub struct Topology {
     pub config: PipelineConfig,
     stages: Vec<BuiltStage>,
+    /// The observer of `mode: custom`: its name, itself, its queue's capacity.
+    observer: Option<(String, ObserverBox, usize)>,
     pub monitor: Arc<Monitor>,
 }
 
@@ -120,7 +161,8 @@ pub fn build_topology(cfg: PipelineConfig, registry: &Registry) -> Result<Topolo
     if !diagnostics.is_empty() {
         return Err(ConfigError::Invalid(diagnostics));
     }
-    let host = context::host_context();
+    // Made before any stage, so that metrics a stage records while it is built are kept.
+    let plugin_metrics = Arc::new(PluginMetrics::default());
     let mut stages = Vec::with_capacity(cfg.stages.len());
     let mut errors = Vec::new();
     for (name, stage_cfg) in &cfg.stages {
@@ -128,6 +170,7 @@ pub fn build_topology(cfg: PipelineConfig, registry: &Registry) -> Result<Topolo
         let json = cfg
             .stage_config_json(name)
             .map_err(|d| ConfigError::Invalid(vec![d]))?;
+        let host = callbacks::host_context(name, plugin_metrics.clone());
         match ty.build(name, &json, host) {
             Ok(stage) => stages.push(BuiltStage {
                 name: name.clone(),
@@ -148,15 +191,35 @@ pub fn build_topology(cfg: PipelineConfig, registry: &Registry) -> Result<Topolo
     if !errors.is_empty() {
         return Err(ConfigError::Invalid(errors));
     }
-    let counters = Arc::new(PipelineCounters::default());
+    let observer = match (cfg.monitoring.mode, &cfg.monitoring.custom) {
+        (MonitoringMode::Custom, Some(custom)) => {
+            let ty = registry.get(&custom.plugin).expect("checked above");
+            let at = ["monitoring", "custom", "config"];
+            let json = cfg
+                .config_json(&custom.config, &at)
+                .map_err(|d| ConfigError::Invalid(vec![d]))?;
+            let host = callbacks::host_context(&custom.plugin, plugin_metrics.clone());
+            let built = ty.build_observer(&json, host).map_err(|e| {
+                ConfigError::Invalid(vec![cfg.diagnostic(
+                    &at,
+                    format!("observer `{}`: cannot be built: {e}", custom.plugin),
+                )])
+            })?;
+            Some((custom.plugin.clone(), built, custom.queue_capacity))
+        }
+        _ => None,
+    };
+    let counters = Arc::new(PipelineCounters::with_limit(cfg.runtime.max_in_flight));
     let monitor = Arc::new(Monitor::new(
         cfg.monitoring.mode.as_str(),
         counters,
         stages.iter().map(|s| s.stats.clone()).collect(),
+        plugin_metrics,
     ));
     Ok(Topology {
         config: cfg,
         stages,
+        observer,
         monitor,
     })
 }
@@ -198,6 +261,10 @@ pub struct RunningPipeline {
     windows: Option<tokio::task::JoinHandle<()>>,
     late_tasks: Vec<tokio::task::JoinHandle<()>>,
     workers: Vec<(String, std::thread::JoinHandle<()>)>,
+    /// Ends the workers' drain: what they still hold fails as `drain_timeout`.
+    finish: watch::Sender<bool>,
+    drain_timeout: Duration,
+    observer: Option<std::thread::JoinHandle<()>>,
     counts: (usize, usize),
 }
 
@@ -211,7 +278,6 @@ impl Topology {
         let monitoring = &cfg.monitoring;
         let mode = monitoring.mode;
         let monitor = self.monitor.clone();
-        context::set_metric_sink(Some(monitor.plugins.clone()));
 
         // `disabled` means no observation work at all: no bus, no events.
         let bus = match mode {
@@ -266,13 +332,34 @@ impl Topology {
 
         let instance = instance_id();
         let type_field: Arc<str> = monitoring.type_field.as_str().into();
+        let (observer_feed, observer_thread) = match self.observer {
+            Some((name, observer, capacity)) => {
+                let (feed, thread) =
+                    observer::start(observer, &name, capacity).map_err(|source| {
+                        StartError::Thread {
+                            stage: format!("observer {name}"),
+                            source,
+                        }
+                    })?;
+                monitor.register_observer(feed.stats.clone());
+                (Some(feed), Some(thread))
+            }
+            None => (None, None),
+        };
+        let (finish, finish_rx) = watch::channel(false);
+        let runtime = tokio::runtime::Handle::current();
         let mut workers = Vec::new();
         let mut health_components = Vec::new();
         for built in self.stages {
-            let coordinator = match (&bus, mode) {
-                (_, MonitoringMode::Disabled) | (None, _) => Coordinator::Disabled,
-                (Some(_), MonitoringMode::Direct) => Coordinator::Direct(built.stats.clone()),
-                (Some(bus), MonitoringMode::EventDriven) => Coordinator::EventDriven(Arc::new(
+            let coordinator = match (&bus, mode, &observer_feed) {
+                (_, MonitoringMode::Disabled, _) | (None, _, _) => Coordinator::Disabled,
+                (Some(_), MonitoringMode::Custom, Some(feed)) => {
+                    Coordinator::Custom(built.stats.clone(), feed.clone())
+                }
+                (Some(_), MonitoringMode::Direct | MonitoringMode::Custom, _) => {
+                    Coordinator::Direct(built.stats.clone())
+                }
+                (Some(bus), MonitoringMode::EventDriven, _) => Coordinator::EventDriven(Arc::new(
                     EventDriven::new(&built.name, instance.clone(), bus.clone()),
                 )),
             };
@@ -293,6 +380,8 @@ impl Topology {
                 coordinator,
                 stats: built.stats,
                 type_field: type_field.clone(),
+                finish: finish_rx.clone(),
+                runtime: runtime.clone(),
             };
             let handle = std::thread::Builder::new()
                 .name(format!("stage-{}", built.name))
@@ -303,6 +392,8 @@ impl Topology {
                 })?;
             workers.push((built.name, handle));
         }
+        // The workers hold the feed now: the observer's thread ends when the last one does.
+        drop(observer_feed);
 
         let next_id = Arc::new(AtomicU64::new(1));
         let mut endpoints = Vec::new();
@@ -390,10 +481,13 @@ impl Topology {
             admin: admin_addr,
             stop,
             late_stop,
+            finish,
+            drain_timeout: cfg.runtime.drain_timeout,
             sources,
             windows,
             late_tasks,
             workers,
+            observer: observer_thread,
             counts,
         })
     }
@@ -445,8 +539,10 @@ fn graph(cfg: &PipelineConfig, endpoints: &[(String, String)], monitor: &Monitor
 }
 
 impl RunningPipeline {
-    /// Stops reading, drains what was accepted through every stage, flushes, and returns
-    /// the final snapshot. Upstream stops first, so it drains into live consumers.
+    /// Stops reading, drains what was accepted through every stage, waits for records stages
+    /// took for later to be settled (up to `runtime.drain_timeout`), and returns the final
+    /// snapshot. Upstream stops first, so it drains into live consumers. What is still
+    /// unsettled when the timeout ends fails as `drain_timeout`: nothing is lost silently.
     pub async fn shutdown(self) -> Snapshot {
         let _ = self.stop.send(true);
         for s in self.sources {
@@ -455,15 +551,46 @@ impl RunningPipeline {
         if let Some(w) = self.windows {
             let _ = w.await;
         }
-        let workers = self.workers;
-        let _ = tokio::task::spawn_blocking(move || {
-            for (name, handle) in workers {
-                if handle.join().is_err() {
-                    tracing::error!(stage = %name, "stage worker panicked");
-                }
+        let deadline = tokio::time::Instant::now() + self.drain_timeout;
+        let mut workers = self.workers;
+        let all_done = |workers: &[(String, std::thread::JoinHandle<()>)]| {
+            workers.iter().all(|(_, h)| h.is_finished())
+        };
+        while !all_done(&workers) && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        if !all_done(&workers) {
+            let t = self.monitor.pipeline.totals();
+            tracing::warn!(
+                in_flight = t.in_flight,
+                timeout = ?self.drain_timeout,
+                "drain timeout: what is still unsettled fails as `{DRAIN_TIMEOUT}`"
+            );
+            // Settle first, so that whatever the stages do as they stop counts once.
+            self.monitor.pipeline.settle_all(DRAIN_TIMEOUT);
+            let _ = self.finish.send(true);
+            let grace = tokio::time::Instant::now() + Duration::from_secs(5);
+            while !all_done(&workers) && tokio::time::Instant::now() < grace {
+                tokio::time::sleep(Duration::from_millis(5)).await;
             }
-        })
-        .await;
+        }
+        for (name, handle) in workers.drain(..) {
+            if !handle.is_finished() {
+                // In a call that never returns: its thread is left behind (a second signal
+                // ends the process).
+                tracing::error!(stage = %name, "stage did not stop; leaving its thread");
+                continue;
+            }
+            if handle.join().is_err() {
+                tracing::error!(stage = %name, "stage worker panicked");
+            }
+        }
+        // Whatever a stage's own threads still hold (a stage that did not stop) is settled now.
+        self.monitor.pipeline.settle_all(DRAIN_TIMEOUT);
+        if let Some(observer) = self.observer {
+            let joined = tokio::task::spawn_blocking(move || observer.join());
+            let _ = tokio::time::timeout(Duration::from_secs(5), joined).await;
+        }
         if let Some(bus) = &self.bus {
             publish_lifecycle(
                 bus.as_ref(),
@@ -482,7 +609,6 @@ impl RunningPipeline {
                 tracing::warn!("event bus: some queued events were not written before shutdown");
             }
         }
-        context::set_metric_sink(None);
         self.monitor.snapshot()
     }
 }

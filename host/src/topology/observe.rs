@@ -15,7 +15,7 @@ use tokio::sync::{mpsc, watch};
 
 use super::probe::StageProbe;
 use crate::{
-    accounting::{Envelope, Lineage, PipelineCounters},
+    accounting::{Envelope, PipelineCounters},
     config::HealthConfig,
     events::{Event, EventBus, EventKind, EventPayload, HealthState},
     health::{CheckFn, Component, ComponentHealth, ComponentKind, HealthListener, StatusChange},
@@ -106,11 +106,7 @@ pub fn bus_check(bus: Arc<dyn EventBus>) -> Component {
 }
 
 fn state(s: HealthStatus) -> HealthState {
-    match s {
-        HealthStatus::Healthy => HealthState::Healthy,
-        HealthStatus::Degraded => HealthState::Degraded,
-        HealthStatus::Unhealthy => HealthState::Unhealthy,
-    }
+    HealthState::from(s)
 }
 
 /// Publishes `health.check.completed`, `health.status.changed` and
@@ -212,7 +208,7 @@ async fn export_window(
         }
     };
     // Snapshots are not messages: an empty lineage keeps them out of the message totals.
-    let lineage = Lineage::admit(0, 0, counters.clone());
+    let lineage = counters.unaccounted();
     for tx in targets {
         let mut records = RVec::with_capacity(1);
         records.push(record.clone());

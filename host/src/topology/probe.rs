@@ -120,7 +120,7 @@ impl StageProbe {
         if tokio::time::timeout(timeout, answered).await.is_ok() {
             if let Some((report, at)) = self.last() {
                 if at >= asked {
-                    return (report.status, report.reason.to_string());
+                    return (report.status(), report.reason().to_string());
                 }
             }
         }
@@ -144,7 +144,7 @@ impl StageProbe {
             );
         }
         match self.last() {
-            Some((report, _)) => (report.status, report.reason.to_string()),
+            Some((report, _)) => (report.status(), report.reason().to_string()),
             None => (HealthStatus::Healthy, String::new()),
         }
     }

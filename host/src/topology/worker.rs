@@ -3,20 +3,123 @@
 //! may block (an exporter writing a file) without stalling the async runtime. The worker owns
 //! its stage: nothing else calls it, so no lock is taken per batch, and health checks are
 //! answered by the worker between calls (see [`StageProbe`]).
+//!
+//! A stage may take records for later (acknowledged delivery). The worker hands each call an
+//! acknowledgement handle ([`HostAck`]) that settles them from any thread, and takes back
+//! records the stage hands back to be retried. After its input ends, the worker flushes the
+//! stage and stays until everything the stage took is settled (or the drain timeout ends),
+//! so that a retry can still be called and its output still flows downstream.
 
-use std::sync::Arc;
+use std::{
+    sync::{
+        atomic::{AtomicI64, Ordering::Relaxed},
+        mpsc as std_mpsc, Arc,
+    },
+    time::{Duration, Instant},
+};
 
-use abi_stable::std_types::{RErr, ROk};
-use plugin_api::{Batch, StageBox, StageKind};
-use tokio::sync::mpsc::{self, error::TryRecvError};
+use abi_stable::{
+    sabi_trait::TD_Opaque,
+    std_types::{RArc, RErr, ROk, RSlice, RVec},
+};
+use plugin_api::{Batch, FfiAck, FfiAck_TO, Record, StageBox, StageError, StageKind};
+use tokio::sync::{mpsc, watch, Notify};
 
 use super::probe::StageProbe;
 use crate::{
-    accounting::Envelope,
+    accounting::{Envelope, Lineage, DRAIN_TIMEOUT},
     clock::unix_ns,
     coordinator::Coordinator,
     monitor::{CallOutcome, StageStats},
 };
+
+/// Records handed back by a stage, due to be called with again.
+struct Retry {
+    records: RVec<Record>,
+    lineage: Arc<Lineage>,
+    due: Instant,
+}
+
+/// What a stage's acknowledgement handles share with its worker.
+pub struct StageAcks {
+    /// Records taken for later and not settled yet.
+    outstanding: AtomicI64,
+    /// `None` when monitoring is disabled: then settlements count for the messages only.
+    stats: Option<Arc<StageStats>>,
+    retries: std_mpsc::Sender<Retry>,
+    /// Wakes the worker: a retry arrived, or everything taken has been settled.
+    wake: Notify,
+}
+
+/// The host's side of one call's deferrals (see `plugin_api::FfiAck`).
+#[derive(Clone)]
+struct HostAck {
+    lineage: Arc<Lineage>,
+    acks: Arc<StageAcks>,
+}
+
+impl HostAck {
+    fn settled(&self, n: usize) {
+        let left = self.acks.outstanding.fetch_sub(n as i64, Relaxed) - n as i64;
+        if left <= 0 {
+            self.acks.wake.notify_one();
+        }
+    }
+}
+
+impl FfiAck for HostAck {
+    fn deferred(&self, ids: RSlice<'_, u64>) {
+        for id in ids.iter() {
+            self.lineage.deferred(*id);
+        }
+        self.acks.outstanding.fetch_add(ids.len() as i64, Relaxed);
+        if let Some(stats) = &self.acks.stats {
+            stats.record_deferred(ids.len() as u64);
+        }
+    }
+
+    fn delivered(&self, ids: RSlice<'_, u64>) {
+        for id in ids.iter() {
+            self.lineage.delivered(*id);
+            self.lineage.undeferred(*id);
+        }
+        if let Some(stats) = &self.acks.stats {
+            stats.record_delivered_later(ids.len() as u64);
+        }
+        self.settled(ids.len());
+    }
+
+    fn failed(&self, ids: RSlice<'_, u64>, error: &StageError) {
+        for id in ids.iter() {
+            self.lineage.failed(*id, error.kind());
+            self.lineage.undeferred(*id);
+        }
+        if let Some(stats) = &self.acks.stats {
+            stats.record_failures(error.kind(), ids.len() as u64);
+        }
+        self.settled(ids.len());
+    }
+
+    fn retry(&self, records: RVec<Record>, after_ms: u64) {
+        for r in records.iter() {
+            self.lineage.undeferred(r.id());
+        }
+        let n = records.len();
+        let due = Instant::now() + Duration::from_millis(after_ms);
+        let retry = Retry {
+            records,
+            lineage: self.lineage.clone(),
+            due,
+        };
+        if let Err(std_mpsc::SendError(lost)) = self.acks.retries.send(retry) {
+            // The worker is gone (after a drain timeout): nothing will call the stage again.
+            for r in lost.records.iter() {
+                lost.lineage.failed(r.id(), DRAIN_TIMEOUT);
+            }
+        }
+        self.settled(n);
+    }
+}
 
 pub struct Worker {
     pub name: String,
@@ -30,33 +133,146 @@ pub struct Worker {
     pub type_field: Arc<str>,
     pub input: mpsc::Receiver<Envelope>,
     pub outputs: Vec<mpsc::Sender<Envelope>>,
+    /// Turns true when the drain timeout ends: stop, failing what is still queued.
+    pub finish: watch::Receiver<bool>,
+    /// For timers while the worker waits.
+    pub runtime: tokio::runtime::Handle,
 }
 
-/// What wakes the worker.
-enum Next {
+/// What wakes a waiting worker.
+enum Wake {
     Batch(Envelope),
+    InputClosed,
     Health,
-    Closed,
+    Acks,
+    Timer,
+    Finish,
+}
+
+/// What a worker needs besides its stage, built once at its start.
+struct Running {
+    acks: Arc<StageAcks>,
+    retries: std_mpsc::Receiver<Retry>,
+    delayed: Vec<Retry>,
+    next_tick: Option<Instant>,
+    ids: Vec<u64>,
+    /// Exporters deliver what they keep; so does any stage nobody reads from.
+    delivers: bool,
+    /// Data types and ingest-to-delivery latency are observation too: none when disabled.
+    observed: bool,
 }
 
 impl Worker {
-    /// The next thing to do: a health answer when one is wanted, else the next batch (waiting
-    /// for either when there is none).
-    fn next(&mut self) -> Next {
-        if self.probe.take_request() {
-            return Next::Health;
+    /// Runs until the input has ended and everything the stage took for later is settled,
+    /// or until the drain timeout ends.
+    pub fn run(mut self) {
+        self.probe.bind_thread();
+        let observed = self.coordinator.is_enabled();
+        let (retry_tx, retry_rx) = std_mpsc::channel();
+        let mut run = Running {
+            acks: Arc::new(StageAcks {
+                outstanding: AtomicI64::new(0),
+                stats: observed.then(|| self.stats.clone()),
+                retries: retry_tx,
+                wake: Notify::new(),
+            }),
+            retries: retry_rx,
+            delayed: Vec::new(),
+            next_tick: None,
+            ids: Vec::with_capacity(1024),
+            delivers: self.kind == StageKind::Exporter || self.outputs.is_empty(),
+            observed,
+        };
+        self.tick(&mut run);
+        let mut input_open = true;
+        let mut flushed = false;
+        loop {
+            if *self.finish.borrow() {
+                self.abandon(&mut run, input_open);
+                break;
+            }
+            if self.probe.take_request() {
+                self.answer_health();
+                continue;
+            }
+            run.delayed.extend(run.retries.try_iter());
+            let now = Instant::now();
+            if let Some(i) = run.delayed.iter().position(|r| r.due <= now) {
+                let retry = run.delayed.swap_remove(i);
+                self.handle(&mut run, retry.records, retry.lineage);
+                continue;
+            }
+            if run.next_tick.is_some_and(|t| t <= now) {
+                self.tick(&mut run);
+                continue;
+            }
+            if input_open {
+                match self.input.try_recv() {
+                    Ok(Envelope { records, lineage }) => {
+                        self.handle(&mut run, records, lineage);
+                        continue;
+                    }
+                    Err(mpsc::error::TryRecvError::Disconnected) => input_open = false,
+                    Err(mpsc::error::TryRecvError::Empty) => {}
+                }
+            }
+            if !input_open {
+                if !flushed {
+                    self.flush();
+                    flushed = true;
+                    continue;
+                }
+                if run.acks.outstanding.load(Relaxed) <= 0 && run.delayed.is_empty() {
+                    break;
+                }
+            }
+            match self.wait(&run, input_open) {
+                Wake::Batch(Envelope { records, lineage }) => {
+                    self.handle(&mut run, records, lineage)
+                }
+                Wake::InputClosed => input_open = false,
+                Wake::Health => self.answer_health(),
+                Wake::Acks | Wake::Timer => {}
+                Wake::Finish => {
+                    self.abandon(&mut run, input_open);
+                    break;
+                }
+            }
         }
-        match self.input.try_recv() {
-            Ok(envelope) => return Next::Batch(envelope),
-            Err(TryRecvError::Disconnected) => return Next::Closed,
-            Err(TryRecvError::Empty) => {}
-        }
-        let (input, probe) = (&mut self.input, &self.probe);
-        futures::executor::block_on(async {
+        tracing::debug!(stage = %self.name, "stage drained");
+    }
+
+    /// Waits for the next thing to do: a batch, a health request, a settlement or retry, the
+    /// next tick or retry coming due, or the end of the drain timeout.
+    fn wait(&mut self, run: &Running, input_open: bool) -> Wake {
+        let due = run
+            .delayed
+            .iter()
+            .map(|r| r.due)
+            .chain(run.next_tick)
+            .min()
+            .map(tokio::time::Instant::from_std);
+        let (input, probe, acks, finish) =
+            (&mut self.input, &self.probe, &run.acks, &mut self.finish);
+        self.runtime.block_on(async {
             tokio::select! {
                 biased;
-                envelope = input.recv() => envelope.map_or(Next::Closed, Next::Batch),
-                () = probe.requested() => Next::Health,
+                changed = finish.changed() => match changed {
+                    Ok(()) if !*finish.borrow() => Wake::Timer,
+                    _ => Wake::Finish,
+                },
+                () = probe.requested() => Wake::Health,
+                envelope = input.recv(), if input_open => match envelope {
+                    Some(envelope) => Wake::Batch(envelope),
+                    None => Wake::InputClosed,
+                },
+                () = acks.wake.notified() => Wake::Acks,
+                () = async {
+                    match due {
+                        Some(at) => tokio::time::sleep_until(at).await,
+                        None => std::future::pending().await,
+                    }
+                } => Wake::Timer,
             }
         })
     }
@@ -67,93 +283,106 @@ impl Worker {
         self.probe.answer(report);
     }
 
-    /// Runs until every producer of the input queue is gone, then flushes the stage.
-    pub fn run(mut self) {
-        self.probe.bind_thread();
-        // Exporters deliver what they keep; so does any stage nobody reads from.
-        let delivers = self.kind == StageKind::Exporter || self.outputs.is_empty();
-        // Data types and ingest-to-delivery latency are observation too: none when disabled.
-        let observed = self.coordinator.is_enabled();
-        let mut ids: Vec<u64> = Vec::with_capacity(1024);
-        loop {
-            let Envelope { records, lineage } = match self.next() {
-                Next::Batch(envelope) => envelope,
-                Next::Health => {
-                    self.answer_health();
-                    continue;
-                }
-                Next::Closed => break,
-            };
-            // What is still queued behind this batch: a stage that keeps a deep queue is the
-            // pipeline's bottleneck.
-            self.coordinator
-                .record_metric("input_queue_batches", self.input.len() as f64);
-            let records_in = records.len();
-            ids.clear();
-            ids.extend(records.iter().map(|r| r.meta.id));
-            if observed {
-                self.stats.record_types(&records, &self.type_field);
-            }
-            let mut batch = Batch::new(records);
-            let phase = self.coordinator.start_phase();
-            let stage = &mut self.stage;
-            let result = self.probe.call(|| stage.process(&mut batch));
-            let (records, failures) = batch.into_parts();
-            match result {
-                ROk(()) => {
-                    for f in failures.iter() {
-                        lineage.failed(f.id, &f.error.kind);
-                    }
-                    self.coordinator.end_phase(
-                        phase,
-                        &CallOutcome::Success {
-                            records_in,
-                            records_out: records.len(),
-                            failures: &failures,
-                        },
-                    );
-                }
-                RErr(error) => {
-                    // The whole batch failed; whatever the stage left in it is suspect.
-                    for id in &ids {
-                        lineage.failed(*id, &error.kind);
-                    }
-                    self.coordinator.end_phase(
-                        phase,
-                        &CallOutcome::Error {
-                            records_in,
-                            error: &error,
-                        },
-                    );
-                    if error.kind == "panic" {
-                        tracing::warn!(stage = %self.name, message = %error.message, "stage panicked; its batch counts as failed");
-                    } else {
-                        tracing::debug!(stage = %self.name, kind = %error.kind, message = %error.message, "stage call failed");
-                    }
-                    continue;
-                }
-            }
-            if delivers {
-                lineage.deliver_all(&records);
-                if observed {
-                    self.stats.record_delivered(&records, unix_ns());
-                }
-            }
-            if records.is_empty() {
-                continue;
-            }
-            let envelopes = Envelope { records, lineage }.fan_out(self.outputs.len());
-            for (tx, envelope) in self.outputs.iter().zip(envelopes) {
-                if let Err(mpsc::error::SendError(lost)) = tx.blocking_send(envelope) {
-                    lost.fail_all("pipeline_closed");
-                }
-            }
-        }
+    fn tick(&mut self, run: &mut Running) {
+        let stage = &mut self.stage;
+        let next_ms = self.probe.call(|| stage.tick());
+        run.next_tick = (next_ms > 0).then(|| Instant::now() + Duration::from_millis(next_ms));
+    }
+
+    fn flush(&mut self) {
         let stage = &mut self.stage;
         if let RErr(error) = self.probe.call(|| stage.flush()) {
-            tracing::error!(stage = %self.name, kind = %error.kind, message = %error.message, "flush failed");
+            tracing::error!(stage = %self.name, kind = %error.kind(), message = %error.message(), "flush failed");
             self.stats.record_error(&error);
         }
-        tracing::debug!(stage = %self.name, "stage drained");
+    }
+
+    /// The drain timeout ended: what is queued or waiting for a retry will not be handled.
+    /// The input is drained to its end (upstream workers are stopping too), so that no
+    /// producer waits on it for ever.
+    fn abandon(&mut self, run: &mut Running, input_open: bool) {
+        run.delayed.extend(run.retries.try_iter());
+        for retry in run.delayed.drain(..) {
+            for r in retry.records.iter() {
+                retry.lineage.failed(r.id(), DRAIN_TIMEOUT);
+            }
+        }
+        if input_open {
+            while let Some(envelope) = self.input.blocking_recv() {
+                envelope.fail_all(DRAIN_TIMEOUT);
+            }
+        }
+    }
+
+    /// One call of the stage with `records`.
+    fn handle(&mut self, run: &mut Running, records: RVec<Record>, lineage: Arc<Lineage>) {
+        // What is still queued behind this batch: a stage that keeps a deep queue is the
+        // pipeline's bottleneck.
+        self.coordinator
+            .record_metric("input_queue_batches", self.input.len() as f64);
+        let records_in = records.len();
+        run.ids.clear();
+        run.ids.extend(records.iter().map(Record::id));
+        if run.observed {
+            self.stats.record_types(&records, &self.type_field);
+        }
+        let ack = HostAck {
+            lineage: lineage.clone(),
+            acks: run.acks.clone(),
+        };
+        let mut batch = Batch::with_ack(records, FfiAck_TO::from_ptr(RArc::new(ack), TD_Opaque));
+        let phase = self.coordinator.start_phase();
+        let stage = &mut self.stage;
+        let result = self.probe.call(|| stage.process(&mut batch));
+        let (records, failures) = batch.into_parts();
+        match result {
+            ROk(()) => {
+                for f in failures.iter() {
+                    lineage.failed(f.id(), f.error().kind());
+                }
+                self.coordinator.end_phase(
+                    phase,
+                    &CallOutcome::Success {
+                        records_in,
+                        records_out: records.len(),
+                        failures: &failures,
+                    },
+                );
+            }
+            RErr(error) => {
+                // The whole batch failed; whatever the stage left in it is suspect.
+                for id in &run.ids {
+                    lineage.failed(*id, error.kind());
+                }
+                self.coordinator.end_phase(
+                    phase,
+                    &CallOutcome::Error {
+                        records_in,
+                        error: &error,
+                    },
+                );
+                if error.kind() == "panic" {
+                    tracing::warn!(stage = %self.name, message = %error.message(), "stage panicked; its batch counts as failed");
+                } else {
+                    tracing::debug!(stage = %self.name, kind = %error.kind(), message = %error.message(), "stage call failed");
+                }
+                return;
+            }
+        }
+        if run.delivers {
+            lineage.deliver_all(&records);
+            if run.observed {
+                self.stats.record_delivered(&records, unix_ns());
+            }
+        }
+        if records.is_empty() || self.outputs.is_empty() {
+            return;
+        }
+        let envelopes = Envelope { records, lineage }.fan_out(self.outputs.len());
+        for (tx, envelope) in self.outputs.iter().zip(envelopes) {
+            if let Err(mpsc::error::SendError(lost)) = tx.blocking_send(envelope) {
+                lost.fail_all("pipeline_closed");
+            }
+        }
     }
 }

@@ -14,8 +14,8 @@ use std::{
 };
 
 use plugin_api::{
-    tracing, Batch, HealthReport, HealthStatus, Outcome, Record, Stage, StageContext, StageError,
-    StageKind,
+    tracing, Batch, ConfigError, HealthReport, HealthStatus, Outcome, Record, Stage, StageContext,
+    StageError, StageKind,
 };
 use serde::Deserialize;
 
@@ -165,9 +165,9 @@ impl Stage for Jsonl {
     const KIND: StageKind = StageKind::Exporter;
     type Config = JsonlConfig;
 
-    fn check(config: &JsonlConfig) -> Result<(), String> {
+    fn check(config: &JsonlConfig) -> Result<(), ConfigError> {
         if config.path.is_empty() {
-            return Err("`path` must not be empty".to_owned());
+            return Err(ConfigError::at("path", "`path` must not be empty"));
         }
         Ok(())
     }
@@ -275,7 +275,7 @@ mod tests {
             path: path.to_str().unwrap().to_owned(),
         };
         Jsonl::check(&config).unwrap();
-        Jsonl::build(config, StageContext::new("t", None)).unwrap()
+        Jsonl::build(config, StageContext::detached("t")).unwrap()
     }
 
     /// Records with ids `first`, `first + 1`, ...
@@ -285,23 +285,22 @@ mod tests {
             .zip(first..)
             .map(|(line, id)| {
                 let mut r: Record = serde_json::from_str(line).unwrap();
-                r.meta.id = id;
-                r.meta.size_bytes = line.len() as u64;
+                r.set_origin(id, line.len() as u64, 0);
                 r
             })
-            .collect();
+            .collect::<Vec<_>>();
         Batch::new(records)
     }
 
     fn ids(batch: &Batch) -> Vec<u64> {
-        batch.records().iter().map(|r| r.meta.id).collect()
+        batch.records().iter().map(Record::id).collect()
     }
 
     fn failed(batch: &Batch) -> Vec<(u64, String)> {
         batch
             .failures()
             .iter()
-            .map(|f| (f.id, f.error.kind.to_string()))
+            .map(|f| (f.id(), f.error().kind().to_string()))
             .collect()
     }
 
@@ -380,12 +379,12 @@ mod tests {
             failed(&b),
             [(1, "io".into()), (2, "io".into()), (3, "io".into())]
         );
-        let message = &b.failures()[0].error.message;
+        let message = b.failures()[0].error().message();
         assert!(message.contains("/dev/full"), "{message}");
         let health = jsonl.health();
-        assert_eq!(health.status, HealthStatus::Unhealthy);
+        assert_eq!(health.status(), HealthStatus::Unhealthy);
         assert!(
-            health.reason.contains("the last write failed"),
+            health.reason().contains("the last write failed"),
             "{health:?}"
         );
     }
@@ -425,7 +424,7 @@ mod tests {
         jsonl.process(&mut b).unwrap();
         assert_eq!(ids(&b), [1, 2]);
         assert_eq!(failed(&b), [(3, "io".into()), (4, "io".into())]);
-        assert_eq!(jsonl.health().status, HealthStatus::Unhealthy);
+        assert_eq!(jsonl.health().status(), HealthStatus::Unhealthy);
 
         // Once there is room again, the next batch first ends the cut line; the bytes of
         // the failed records still buffered were thrown away, not written late.
@@ -466,7 +465,7 @@ mod tests {
             .collect();
         let config = plugin_api::serde_json::json!({ "path": path.to_str().unwrap() }).to_string();
         let out = plugin_api::testing::assert_stage_compliance::<Jsonl>(&config, records);
-        assert_eq!(out.records().len(), 3);
+        assert_eq!(out.batch.records().len(), 3);
         assert_eq!(
             fs::read_to_string(&path).unwrap(),
             "{\"n\":0}\n{\"n\":1}\n{\"n\":2}\n"

@@ -14,7 +14,8 @@ use std::{
 };
 
 use plugin_api::{
-    tracing, Batch, Field, Record, Stage, StageContext, StageError, StageKind, Value,
+    tracing, Batch, ConfigError, Map, Record, Stage, StageContext, StageError, StageKind, Value,
+    ValueKind,
 };
 use serde::Deserialize;
 
@@ -56,28 +57,23 @@ struct TypeCount {
 impl MessageMetrics {
     /// Makes the metrics record for one record; `now` is in seconds since the Unix epoch.
     fn measure(&mut self, record: Record, now: f64) -> Record {
-        let mut out = record.derived();
-        out.fields
-            .reserve_exact(if self.type_field.is_some() { 4 } else { 2 });
-        out.fields.push(Field::new(
+        let mut fields = Map::with_capacity(if self.type_field.is_some() { 4 } else { 2 });
+        fields.insert(
             "size_bytes",
-            Value::Int(i64::try_from(record.meta.size_bytes).unwrap_or(i64::MAX)),
-        ));
+            i64::try_from(record.size_bytes()).unwrap_or(i64::MAX),
+        );
         let latency = match record.get(&self.timestamp_field).and_then(Value::as_f64) {
-            Some(sent_at) => Value::Float((now - sent_at) * 1000.0),
-            None => Value::Null,
+            Some(sent_at) => Value::from((now - sent_at) * 1000.0),
+            None => Value::null(),
         };
-        out.fields.push(Field::new("latency_ms", latency));
+        fields.insert("latency_ms", latency);
         if let Some(type_field) = &self.type_field {
             let name = type_value(record.get(type_field));
             let count = self.count_type(&name);
-            out.fields.push(Field::new("type", &*name));
-            out.fields.push(Field::new(
-                "type_count",
-                Value::Int(i64::try_from(count).unwrap_or(i64::MAX)),
-            ));
+            fields.insert("type", &*name);
+            fields.insert("type_count", i64::try_from(count).unwrap_or(i64::MAX));
         }
-        out
+        record.derived_with(fields)
     }
 
     /// Counts one record of type `name`; returns how many have been seen, this one included.
@@ -119,14 +115,17 @@ impl MessageMetrics {
 /// The type of a record as a string: a string value as it is, any other value as its JSON
 /// text (`3`, `true`), and `unknown` when the field is missing or null.
 fn type_value(value: Option<&Value>) -> Cow<'_, str> {
-    match value {
-        None | Some(Value::Null) => Cow::Borrowed("unknown"),
-        Some(Value::Str(s)) => Cow::Borrowed(s.as_str()),
+    match value.map(Value::kind) {
+        None | Some(ValueKind::Null) => Cow::Borrowed("unknown"),
+        Some(ValueKind::Str(s)) => Cow::Borrowed(s),
         // Serializing a Value to JSON cannot fail: keys are strings and non-finite floats
         // become null.
-        Some(other) => Cow::Owned(
-            serde_json::to_string(other).unwrap_or_else(|_| other.type_name().to_owned()),
-        ),
+        Some(_) => {
+            let other = value.expect("matched Some");
+            Cow::Owned(
+                serde_json::to_string(other).unwrap_or_else(|_| other.type_name().to_owned()),
+            )
+        }
     }
 }
 
@@ -142,12 +141,18 @@ impl Stage for MessageMetrics {
     const KIND: StageKind = StageKind::Metrics;
     type Config = MessageMetricsConfig;
 
-    fn check(config: &MessageMetricsConfig) -> Result<(), String> {
+    fn check(config: &MessageMetricsConfig) -> Result<(), ConfigError> {
         if config.timestamp_field.is_empty() {
-            return Err("`timestamp_field` must not be empty".to_owned());
+            return Err(ConfigError::at(
+                "timestamp_field",
+                "`timestamp_field` must not be empty",
+            ));
         }
         if config.type_field.as_deref() == Some("") {
-            return Err("`type_field` must not be empty".to_owned());
+            return Err(ConfigError::at(
+                "type_field",
+                "`type_field` must not be empty",
+            ));
         }
         Ok(())
     }
@@ -191,7 +196,7 @@ mod tests {
     use super::*;
     use plugin_api::{
         abi_stable::std_types::{RSlice, RStr},
-        sdk, HostContext, Label, LogLevel, MetricKind,
+        sdk, HostCallbacks, HostContext, HostCtx, Label, LogLevel, MetricKind,
     };
 
     fn stage(config: &str) -> MessageMetrics {
@@ -211,11 +216,10 @@ mod tests {
             .enumerate()
             .map(|(i, line)| {
                 let mut r: Record = serde_json::from_str(line).unwrap();
-                r.meta.id = i as u64 + 1;
-                r.meta.size_bytes = (i as u64 + 1) * 100;
+                r.set_origin(i as u64 + 1, (i as u64 + 1) * 100, 0);
                 r
             })
-            .collect();
+            .collect::<Vec<_>>();
         Batch::new(records)
     }
 
@@ -224,7 +228,7 @@ mod tests {
     }
 
     fn keys(record: &Record) -> Vec<&str> {
-        record.fields.iter().map(|f| f.key.as_str()).collect()
+        record.iter().map(|(k, _)| k).collect()
     }
 
     #[test]
@@ -241,17 +245,17 @@ mod tests {
 
         let first = &b.records()[0];
         assert_eq!(keys(first), ["size_bytes", "latency_ms"]);
-        assert_eq!(first.meta.id, 1);
-        assert_eq!(first.get("size_bytes"), Some(&Value::Int(100)));
-        let Some(Value::Float(latency)) = first.get("latency_ms") else {
+        assert_eq!(first.id(), 1);
+        assert_eq!(first.get("size_bytes"), Some(&Value::from(100i64)));
+        let Some(latency) = first.get("latency_ms").and_then(Value::as_f64) else {
             panic!("latency_ms is not a float: {first:?}");
         };
-        assert!((2500.0..3500.0).contains(latency), "{latency}");
+        assert!((2500.0..3500.0).contains(&latency), "{latency}");
 
         // An integer timestamp works as well.
         let second = &b.records()[1];
-        assert_eq!(second.meta.id, 2);
-        assert_eq!(second.get("size_bytes"), Some(&Value::Int(200)));
+        assert_eq!(second.id(), 2);
+        assert_eq!(second.get("size_bytes"), Some(&Value::from(200i64)));
         let latency = second.get("latency_ms").and_then(Value::as_f64).unwrap();
         assert!((2500.0..4500.0).contains(&latency), "{latency}");
     }
@@ -268,7 +272,7 @@ mod tests {
         assert_eq!(b.len(), 3);
         assert!(b.failures().is_empty());
         for r in b.records() {
-            assert_eq!(r.get("latency_ms"), Some(&Value::Null), "{r:?}");
+            assert_eq!(r.get("latency_ms"), Some(&Value::null()), "{r:?}");
         }
     }
 
@@ -305,7 +309,7 @@ mod tests {
 
         let mut b = batch(&lines(&[r#"{"kind":"b"}"#]));
         stage.process(&mut b).unwrap();
-        assert_eq!(b.records()[0].get("type_count"), Some(&Value::Int(2)));
+        assert_eq!(b.records()[0].get("type_count"), Some(&Value::from(2i64)));
     }
 
     /// One counter call the host received: name, value, labels.
@@ -319,7 +323,7 @@ mod tests {
     }
 
     extern "C" fn record_metric(
-        _stage: RStr<'_>,
+        _ctx: HostCtx,
         kind: MetricKind,
         name: RStr<'_>,
         value: f64,
@@ -333,7 +337,31 @@ mod tests {
         METRICS.with(|m| m.borrow_mut().push((name.to_string(), value, labels)));
     }
 
-    extern "C" fn ignore_log(_level: LogLevel, _target: RStr<'_>, _message: RStr<'_>) {}
+    extern "C" fn ignore_log(
+        _ctx: HostCtx,
+        _level: LogLevel,
+        _target: RStr<'_>,
+        _message: RStr<'_>,
+    ) {
+    }
+
+    extern "C" fn no_logs(_ctx: HostCtx, _level: LogLevel, _target: RStr<'_>) -> bool {
+        false
+    }
+
+    /// A host that hands every counter to `record_metric`.
+    fn recording_host() -> HostContext {
+        use plugin_api::abi_stable::prefix_type::PrefixTypeTrait;
+        HostContext {
+            callbacks: HostCallbacks {
+                log: ignore_log,
+                metric: record_metric,
+                log_enabled: no_logs,
+            }
+            .leak_into_prefix(),
+            ctx: HostCtx::new(std::ptr::null()),
+        }
+    }
 
     fn take_metrics() -> Vec<Counted> {
         METRICS.with(|m| std::mem::take(&mut *m.borrow_mut()))
@@ -341,11 +369,7 @@ mod tests {
 
     #[test]
     fn counters_are_recorded_once_per_batch_and_type() {
-        let host = HostContext {
-            max_log_level: LogLevel::Error,
-            log: ignore_log,
-            metric: record_metric,
-        };
+        let host = recording_host();
         let mut stage = stage_with_host(r#"{"type_field":"kind"}"#, Some(host));
         take_metrics();
 
@@ -376,7 +400,7 @@ mod tests {
                 ("records_by_type".to_owned(), 1.0, label("b")),
             ]
         );
-        assert_eq!(b.records()[0].get("type_count"), Some(&Value::Int(2)));
+        assert_eq!(b.records()[0].get("type_count"), Some(&Value::from(2i64)));
 
         // Without a type field, only `records` is counted.
         let mut stage = stage_with_host("{}", Some(host));
@@ -409,7 +433,7 @@ mod tests {
             .map(|i| {
                 let mut r: Record =
                     serde_json::from_str(&format!(r#"{{"sent_at":1.0,"level":"l{i}"}}"#)).unwrap();
-                r.meta.size_bytes = 30;
+                r.set_origin(0, 30, 0);
                 r
             })
             .collect();
@@ -418,11 +442,12 @@ mod tests {
             records,
         );
         // One metrics record per message, each still that message's.
-        let ids: Vec<u64> = out.records().iter().map(|r| r.meta.id).collect();
+        let ids: Vec<u64> = out.batch.records().iter().map(|r| r.id()).collect();
         assert_eq!(ids, [1, 2, 3]);
         assert!(out
+            .batch
             .records()
             .iter()
-            .all(|r| r.get("size_bytes") == Some(&Value::Int(30))));
+            .all(|r| r.get("size_bytes") == Some(&Value::from(30i64))));
     }
 }

@@ -7,7 +7,10 @@
 
 use std::{collections::HashSet, fmt, marker::PhantomData};
 
-use plugin_api::{tracing, Batch, Record, Stage, StageContext, StageError, StageKind, Value};
+use plugin_api::{
+    tracing, Batch, ConfigError, Record, Stage, StageContext, StageError, StageKind, Value,
+    ValueKind,
+};
 use serde::{
     de::{self, MapAccess, Visitor},
     Deserialize, Deserializer,
@@ -41,23 +44,8 @@ impl DropRule {
     fn matches(&self, record: &Record) -> bool {
         record
             .get(&self.field)
-            .is_some_and(|value| scalar_eq(value, &self.equals))
+            .is_some_and(|value| value.loosely_eq(&self.equals))
     }
-}
-
-/// Equality as a pipeline author means it: an integer and a float are equal when they are the
-/// same number; otherwise values are equal only when they have the same type.
-fn scalar_eq(a: &Value, b: &Value) -> bool {
-    match (a, b) {
-        (Value::Int(i), Value::Float(f)) | (Value::Float(f), Value::Int(i)) => int_eq_float(*i, *f),
-        _ => a == b,
-    }
-}
-
-/// Exact, unlike `i as f64 == f`, which would call 2^53 + 1 equal to 2^53.
-fn int_eq_float(i: i64, f: f64) -> bool {
-    // i64::MIN as f64 is exactly -2^63 and i64::MAX as f64 is exactly 2^63.
-    f.fract() == 0.0 && f >= i64::MIN as f64 && f < i64::MAX as f64 && f as i64 == i
 }
 
 /// Deserializes a map into its entries in the order they were written: a `HashMap` would lose
@@ -103,34 +91,25 @@ pub struct Rules {
 }
 
 impl Rules {
-    /// Applies the renames, then the sets, to a record that no drop rule matched.
+    /// Applies the renames, then the sets, to a record that no drop rule matched. A record
+    /// another branch also holds is copied only if a rule changes it.
     fn rewrite(&self, record: &mut Record) {
+        let renames = self
+            .rename
+            .iter()
+            .any(|(from, _)| record.fields().contains_key(from));
+        if !renames && self.set.is_empty() {
+            return;
+        }
+        let fields = record.fields_mut();
         for (from, to) in &self.rename {
-            rename_in_place(record, from, to);
+            // In place: a renamed field keeps its position (a field already called `to`
+            // takes the value, at its own position).
+            fields.rename(from, to);
         }
         for (key, value) in &self.set {
-            record.insert(key, value.clone());
+            fields.insert(key, value.clone());
         }
-    }
-}
-
-/// Renames field `from` to `to`, keeping the field where it was; when a field `to` already
-/// exists, that field takes the value (at its own position) and `from` is removed. Unlike
-/// [`Record::rename`], a renamed field does not move to the end of the record.
-fn rename_in_place(record: &mut Record, from: &str, to: &str) {
-    if from == to {
-        return;
-    }
-    let Some(src) = record.fields.iter().position(|f| f.key == from) else {
-        return;
-    };
-    match record.fields.iter().position(|f| f.key == to) {
-        Some(dst) => {
-            let value = record.fields.remove(src).value;
-            let dst = if dst > src { dst - 1 } else { dst };
-            record.fields[dst].value = value;
-        }
-        None => record.fields[src].key = to.into(),
     }
 }
 
@@ -139,14 +118,18 @@ impl Stage for Rules {
     const KIND: StageKind = StageKind::Processor;
     type Config = RulesConfig;
 
-    fn check(config: &RulesConfig) -> Result<(), String> {
+    fn check(config: &RulesConfig) -> Result<(), ConfigError> {
         for (i, rule) in config.drop.iter().enumerate() {
             if rule.field.is_empty() {
-                return Err(format!("drop[{i}]: `field` must not be empty"));
+                return Err(ConfigError::at(
+                    format!("drop[{i}].field"),
+                    "`field` must not be empty",
+                ));
             }
-            if matches!(rule.equals, Value::List(_) | Value::Map(_)) {
-                return Err(format!(
-                    "drop[{i}]: `equals` must be a scalar (string, number, bool or null)"
+            if matches!(rule.equals.kind(), ValueKind::List(_) | ValueKind::Map(_)) {
+                return Err(ConfigError::at(
+                    format!("drop[{i}].equals"),
+                    "`equals` must be a scalar (string, number, bool or null)",
                 ));
             }
         }
@@ -196,7 +179,7 @@ mod tests {
     fn rules(config: &str) -> Rules {
         let config: RulesConfig = serde_json::from_str(config).unwrap();
         Rules::check(&config).unwrap();
-        Rules::build(config, StageContext::new("t", None)).unwrap()
+        Rules::build(config, StageContext::detached("t")).unwrap()
     }
 
     fn batch(lines: &[&str]) -> Batch {
@@ -205,11 +188,10 @@ mod tests {
             .enumerate()
             .map(|(i, line)| {
                 let mut r: Record = serde_json::from_str(line).unwrap();
-                r.meta.id = i as u64 + 1;
-                r.meta.size_bytes = line.len() as u64;
+                r.set_origin(i as u64 + 1, line.len() as u64, 0);
                 r
             })
-            .collect();
+            .collect::<Vec<_>>();
         Batch::new(records)
     }
 
@@ -247,7 +229,7 @@ mod tests {
         ]);
         stage.process(&mut b).unwrap();
         assert_eq!(json(&b), [r#"{"level":"info","n":2}"#, r#"{"n":3}"#]);
-        let ids: Vec<u64> = b.records().iter().map(|r| r.meta.id).collect();
+        let ids: Vec<u64> = b.records().iter().map(Record::id).collect();
         assert_eq!(ids, [2, 3]);
         // Dropped records are filtered, not failed.
         assert!(b.failures().is_empty());
@@ -291,15 +273,20 @@ mod tests {
     }
 
     #[test]
-    fn int_and_float_equality_is_exact() {
-        assert!(int_eq_float(-3, -3.0));
-        assert!(!int_eq_float(
-            9_007_199_254_740_993,
-            9_007_199_254_740_992.0
-        ));
-        assert!(!int_eq_float(i64::MAX, i64::MAX as f64));
-        assert!(int_eq_float(i64::MIN, i64::MIN as f64));
-        assert!(!int_eq_float(0, f64::NAN));
+    fn a_shared_record_is_copied_only_for_a_branch_that_changes_it() {
+        // What a fan-out hands two branches: the same record.
+        let mut b = batch(&[r#"{"level":"info","msg":"m"}"#, r#"{"level":"info"}"#]);
+        let other_branch: Vec<Record> = b.records().to_vec();
+        let mut stage = rules(r#"{"rename":{"msg":"message"}}"#);
+        stage.process(&mut b).unwrap();
+        assert_eq!(
+            json(&b),
+            [r#"{"level":"info","message":"m"}"#, r#"{"level":"info"}"#]
+        );
+        // The other branch still sees the original; the untouched record is still shared.
+        assert!(other_branch[0].get("msg").is_some());
+        assert!(!other_branch[0].is_shared());
+        assert!(other_branch[1].is_shared());
     }
 
     #[test]
@@ -346,7 +333,7 @@ mod tests {
             json(&b),
             [r#"{"x":false,"env":"prod","n":1.5,"tags":["a",{"k":null}]}"#]
         );
-        assert_eq!(b.records()[0].get("n"), Some(&Value::Float(1.5)));
+        assert_eq!(b.records()[0].get("n"), Some(&Value::from(1.5)));
     }
 
     #[test]
@@ -362,7 +349,7 @@ mod tests {
         let mut b = batch(&[r#"{"level":"debug"}"#, r#"{"level":"info","k":1}"#]);
         stage.process(&mut b).unwrap();
         assert_eq!(json(&b), [r#"{"sev":"overridden","k":1,"level":"added"}"#]);
-        assert_eq!(b.records()[0].meta.id, 2);
+        assert_eq!(b.records()[0].id(), 2);
     }
 
     #[test]
@@ -377,7 +364,10 @@ mod tests {
     #[test]
     fn check_rejects_bad_drop_rules() {
         let err = check(r#"{"drop":[{"field":"","equals":1}]}"#).unwrap_err();
-        assert!(err.contains("drop[0]: `field` must not be empty"), "{err}");
+        assert!(
+            err.contains("at `drop[0].field`: `field` must not be empty"),
+            "{err}"
+        );
         let err = check(r#"{"drop":[{"field":"a","equals":[1]}]}"#).unwrap_err();
         assert!(err.contains("must be a scalar"), "{err}");
         let err = check(r#"{"drop":[{"field":"a"}]}"#).unwrap_err();
@@ -403,6 +393,9 @@ mod tests {
             r#"{"drop":[{"field":"level","equals":"debug"}],"rename":{"msg":"message"},"set":{"k":1}}"#,
             records,
         );
-        assert_eq!(json(&out), [r#"{"level":"info","message":"x","k":1}"#]);
+        assert_eq!(
+            json(&out.batch),
+            [r#"{"level":"info","message":"x","k":1}"#]
+        );
     }
 }

@@ -4,7 +4,7 @@
 use plugin_api::{sdk, Batch, Stage, StageContext, StageError, StageKind};
 use serde::Deserialize;
 
-use crate::registry::BuiltinStage;
+use super::registry::BuiltinStage;
 
 /// An empty config that still rejects unknown keys.
 #[derive(Debug, Deserialize)]

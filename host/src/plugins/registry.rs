@@ -5,15 +5,15 @@ use std::path::PathBuf;
 
 use abi_stable::std_types::{RResult, RStr, RString};
 use indexmap::IndexMap;
-use plugin_api::{HostContext, StageBox, StageKind};
+use plugin_api::{ConfigError, HostContext, ObserverBox, StageBox, StageKind};
 
-use crate::loader::{self, LoadError, LoadOptions, LoadedLibrary};
+use super::loader::{self, LoadError, LoadOptions, LoadedLibrary};
 
 /// A stage type compiled into the host. Register one with `inventory::submit!`.
 pub struct BuiltinStage {
     pub name: &'static str,
     pub kind: StageKind,
-    pub check: fn(RStr<'_>) -> RResult<(), RString>,
+    pub check: fn(RStr<'_>) -> RResult<(), ConfigError>,
     pub build: fn(RStr<'_>, RStr<'_>, Option<HostContext>) -> RResult<StageBox, RString>,
 }
 
@@ -51,32 +51,37 @@ impl StageType {
                 plugin_api::API_VERSION.into(),
             ),
             Provider::Library(lib) => (
-                lib.manifest.version.to_string(),
-                lib.manifest.api_version.to_string(),
+                lib.manifest.version().to_string(),
+                lib.manifest.api_version().to_string(),
             ),
         }
     }
 
     /// Checks a config (JSON text) without building the stage.
-    pub fn check_config(&self, config_json: &str) -> Result<(), String> {
+    pub fn check_config(&self, config_json: &str) -> Result<(), ConfigError> {
         let result = match &self.provider {
             Provider::Builtin(b) => (b.check)(RStr::from_str(config_json)),
             Provider::Library(lib) => {
                 (lib.module.check_config())(RStr::from_str(&self.name), RStr::from_str(config_json))
             }
         };
-        result.into_result().map_err(String::from)
+        result.into_result()
     }
 
-    /// Builds an instance named `instance`.
+    /// Builds a stage instance named `instance`.
     pub fn build(
         &self,
         instance: &str,
         config_json: &str,
         host: HostContext,
     ) -> Result<StageBox, String> {
+        if self.kind == StageKind::Observer || !self.kind.is_known() {
+            return Err(format!(
+                "`{}` is a stage type of kind `{}`, which this host cannot run as a stage",
+                self.name, self.kind
+            ));
+        }
         let result = match &self.provider {
-            // Built-in stages log through the host's own subscriber; they need no context.
             Provider::Builtin(b) => (b.build)(
                 RStr::from_str(instance),
                 RStr::from_str(config_json),
@@ -90,6 +95,36 @@ impl StageType {
             ),
         };
         result.into_result().map_err(String::from)
+    }
+
+    /// Builds an observer (`monitoring.mode: custom`).
+    pub fn build_observer(
+        &self,
+        config_json: &str,
+        host: HostContext,
+    ) -> Result<ObserverBox, String> {
+        if self.kind != StageKind::Observer {
+            return Err(format!(
+                "`{}` is a {} stage, not an observer",
+                self.name, self.kind
+            ));
+        }
+        let Provider::Library(lib) = &self.provider else {
+            return Err(format!("`{}` is not an observer", self.name));
+        };
+        let Some(new_observer) = lib.module.new_observer() else {
+            return Err(format!(
+                "{} was built before plugin-api had observers",
+                lib.path.display()
+            ));
+        };
+        new_observer(
+            RStr::from_str(&self.name),
+            RStr::from_str(config_json),
+            host,
+        )
+        .into_result()
+        .map_err(String::from)
     }
 }
 
@@ -134,7 +169,7 @@ impl Registry {
         let report = loader::load_paths(paths, options);
         let mut shadowed = Vec::new();
         for lib in report.libraries {
-            for info in lib.manifest.stages.iter() {
+            for info in lib.manifest.stages().iter() {
                 let name = info.name.to_string();
                 if types.contains_key(&name) {
                     shadowed.push((name, lib.path.clone()));

@@ -29,13 +29,16 @@ use std::{
     sync::OnceLock,
 };
 
-use abi_stable::library::{lib_header_from_path, LibraryError, ROOT_MODULE_LOADER_NAME};
+use abi_stable::{
+    library::{lib_header_from_path, LibraryError, RootModule, ROOT_MODULE_LOADER_NAME},
+    sabi_types::VersionStrings,
+};
 use object::{
     elf,
     read::elf::{FileHeader, ProgramHeader, SectionHeader, Sym},
     Endianness, ReadCache, ReadRef, SectionIndex,
 };
-use plugin_api::{Manifest, PluginModRef};
+use plugin_api::{ManifestRef, PluginModRef};
 
 /// A library whose root module was checked and initialized. Never unloaded: abi_stable leaks
 /// libraries on purpose, since stage objects may outlive any handle.
@@ -43,7 +46,7 @@ use plugin_api::{Manifest, PluginModRef};
 pub struct LoadedLibrary {
     /// The path as it was given (not the `/proc/self/fd` name it was loaded by).
     pub path: PathBuf,
-    pub manifest: Manifest,
+    pub manifest: ManifestRef,
     pub module: PluginModRef,
 }
 
@@ -214,10 +217,20 @@ pub fn load_library(path: &Path, options: LoadOptions) -> Result<LoadedLibrary, 
     let _ = file.handle.into_raw_fd();
     // `lib_header_from_path` then `init_root_module`, never `load_from_file`: the latter
     // caches the first module loaded for a type and would hand it back for every library.
-    let module = lib_header_from_path(&loaded_as)
-        .and_then(|header| header.init_root_module::<PluginModRef>())
+    let header = lib_header_from_path(&loaded_as).map_err(|e| classify(path, &loaded_as, e))?;
+    // The version first: a library of another compatibility line has other layouts too, and
+    // "layouts differ" would hide the reason that matters.
+    check_version(path, header.version_strings())?;
+    let module = header
+        .init_root_module::<PluginModRef>()
         .map_err(|e| classify(path, &loaded_as, e))?;
     let manifest = (module.manifest())();
+    if manifest.unwinds() == Some(false) {
+        return Err(LoadError::Incompatible {
+            path: path.to_path_buf(),
+            reason: "built with panic = \"abort\": its first panic would end the host (build it with panic = \"unwind\", the default)".into(),
+        });
+    }
     Ok(LoadedLibrary {
         path: path.to_path_buf(),
         manifest,
@@ -545,6 +558,96 @@ fn writable_by_others(mode: u32) -> bool {
     mode & 0o022 != 0
 }
 
+/// Refuses a library built against a plugin-api this host cannot load: another major
+/// version, or for 0.x another minor (any patch release of the same line loads).
+fn check_version(path: &Path, library: VersionStrings) -> Result<(), LoadError> {
+    let host = <PluginModRef as RootModule>::VERSION_STRINGS;
+    let refuse = |why: &str| LoadError::Incompatible {
+        path: path.to_path_buf(),
+        reason: format!(
+            "library built against plugin-api {}, this host has {}{why}",
+            library.version, host.version
+        ),
+    };
+    let (Ok(lib), Ok(ours)) = (library.parsed(), host.parsed()) else {
+        return Err(refuse(" (unreadable version)"));
+    };
+    let compatible = if ours.major == 0 {
+        lib.major == 0 && lib.minor == ours.minor
+    } else {
+        lib.major == ours.major
+    };
+    if compatible {
+        Ok(())
+    } else if ours.major == 0 {
+        Err(refuse(" (0.x libraries load in hosts of the same 0.x)"))
+    } else {
+        Err(refuse(""))
+    }
+}
+
+/// The first differences abi_stable found, on one line: where (the path of fields down to
+/// the type) and what.
+fn first_differences(details: &abi_stable::std_types::RBoxError) -> String {
+    use abi_stable::abi_stability::abi_checking::{AbiInstability as AI, AbiInstabilityErrors};
+    use abi_stable::type_layout::TLFieldOrFunction;
+    let Some(errors) = details.downcast_ref::<AbiInstabilityErrors>() else {
+        return "type layouts differ".into();
+    };
+    let mut parts = Vec::new();
+    for error in errors.errors.iter().take(2) {
+        let path: Vec<String> = error
+            .stack_trace
+            .iter()
+            .map(|ef| match &ef.found {
+                TLFieldOrFunction::Field(f) => f.name().to_string(),
+                TLFieldOrFunction::Function(f) => f.name.to_string(),
+            })
+            .collect();
+        let what: Vec<String> = error
+            .errs
+            .iter()
+            .take(2)
+            .map(|e| match e {
+                AI::Size(v) => format!("size {} here, {} in the library", v.expected, v.found),
+                AI::Alignment(v) => {
+                    format!("alignment {} here, {} in the library", v.expected, v.found)
+                }
+                AI::FieldCountMismatch(v) => {
+                    format!("{} fields here, {} in the library", v.expected, v.found)
+                }
+                AI::MismatchedPrefixSize(v) => format!(
+                    "prefix of {} fields here, {} in the library",
+                    v.expected, v.found
+                ),
+                AI::TooManyVariants(v) => {
+                    format!("{} variants here, {} in the library", v.expected, v.found)
+                }
+                AI::Name(v) => format!("type {} here, {} in the library", v.expected, v.found),
+                AI::UnexpectedField(v) => format!(
+                    "field `{}` here, `{}` in the library",
+                    v.expected.name(),
+                    v.found.name()
+                ),
+                AI::Package(v) => {
+                    format!("package {} here, {} in the library", v.expected, v.found)
+                }
+                other => {
+                    let debug = format!("{other:?}");
+                    debug.split(['(', ' ', '{']).next().unwrap_or("").to_owned()
+                }
+            })
+            .collect();
+        let at = if path.is_empty() {
+            "the root module".to_owned()
+        } else {
+            path.join(".")
+        };
+        parts.push(format!("at {at}: {}", what.join(", ")));
+    }
+    format!("type layouts differ: {}", parts.join("; "))
+}
+
 fn classify(path: &Path, loaded_as: &Path, error: LibraryError) -> LoadError {
     // The loader's messages name the file it was given, `/proc/self/fd/N`; users know the path.
     let named =
@@ -572,7 +675,10 @@ fn classify(path: &Path, loaded_as: &Path, error: LibraryError) -> LoadError {
             tracing::debug!(path = %path.display(), "layout mismatch:\n{details}");
             LoadError::Incompatible {
                 path,
-                reason: "type layouts differ from this host's plugin-api (details at debug log level)".into(),
+                reason: format!(
+                    "{} (the full report at debug log level)",
+                    first_differences(&details)
+                ),
             }
         }
         LibraryError::InvalidCAbi { expected, found } => LoadError::Incompatible {

@@ -1,0 +1,383 @@
+//! What a stage is called with ([`Batch`]) and how it settles records it takes for later
+//! ([`Deferred`], [`Ticket`]).
+//!
+//! After a call, the records left in the batch go on to the next stages (for an exporter:
+//! they were exported); a record the stage failed counts as failed with the error's kind; a
+//! record it took for later ([`Batch::defer_all`], [`Batch::defer`]) stays *in flight* until
+//! it is settled: delivered, failed, or handed back to be retried. Any other record was
+//! filtered.
+
+use std::{collections::HashMap, time::Duration};
+
+use abi_stable::{
+    std_types::{ROption, RSlice, RVec},
+    StableAbi,
+};
+
+use crate::{kinds::StageError, module::AckBox, record::Record};
+
+/// One record a stage failed, by message id.
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    id: u64,
+    error: StageError,
+}
+
+impl Failure {
+    pub fn new(id: u64, error: StageError) -> Failure {
+        Failure { id, error }
+    }
+
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    pub fn error(&self) -> &StageError {
+        &self.error
+    }
+}
+
+/// What a stage decides for one record in [`Batch::retain_or_fail`].
+#[derive(Debug)]
+pub enum Outcome {
+    /// Pass the record on (for an exporter: it was exported).
+    Keep,
+    /// Drop it on purpose: the message counts as filtered.
+    Drop,
+    /// Drop it because of an error: the message counts as failed with this error's kind.
+    Fail(StageError),
+}
+
+/// The unit a stage is called with: records moved in (handles on shared data, see
+/// [`Record`]), plus what the stage reports about them.
+#[repr(C)]
+#[derive(StableAbi, Default)]
+pub struct Batch {
+    records: RVec<Record>,
+    failures: RVec<Failure>,
+    ack: ROption<AckBox>,
+}
+
+impl Batch {
+    /// A batch with nowhere to settle deferred records (tests; see [`crate::testing`]).
+    pub fn new(records: impl Into<RVec<Record>>) -> Self {
+        Batch {
+            records: records.into(),
+            failures: RVec::new(),
+            ack: ROption::RNone,
+        }
+    }
+
+    /// For hosts: a batch whose deferred records are settled through `ack`.
+    #[doc(hidden)]
+    pub fn with_ack(records: RVec<Record>, ack: AckBox) -> Self {
+        Batch {
+            records,
+            failures: RVec::new(),
+            ack: ROption::RSome(ack),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+
+    pub fn records(&self) -> &[Record] {
+        &self.records
+    }
+
+    /// The records, to change (each copies itself on its first change if another branch
+    /// holds it too).
+    pub fn records_mut(&mut self) -> &mut [Record] {
+        &mut self.records
+    }
+
+    /// Adds a record, for stages that emit more records than they were given (build it with
+    /// [`Record::derived`], so that its message is accounted for).
+    pub fn push(&mut self, record: Record) {
+        self.records.push(record);
+    }
+
+    /// Keeps the records for which `keep` returns true; the others count as filtered.
+    pub fn retain(&mut self, mut keep: impl FnMut(&mut Record) -> bool) {
+        crate::retain_mut(&mut self.records, |r| keep(r));
+    }
+
+    /// Decides each record's fate in one pass.
+    pub fn retain_or_fail(&mut self, mut decide: impl FnMut(&mut Record) -> Outcome) {
+        let failures = &mut self.failures;
+        crate::retain_mut(&mut self.records, |r| match decide(r) {
+            Outcome::Keep => true,
+            Outcome::Drop => false,
+            Outcome::Fail(error) => {
+                failures.push(Failure { id: r.id(), error });
+                false
+            }
+        });
+    }
+
+    /// Replaces every record with what `map` makes of it (one record in, one out).
+    pub fn map(&mut self, mut map: impl FnMut(Record) -> Record) {
+        let records = std::mem::take(&mut self.records);
+        self.records = records.into_iter().map(&mut map).collect();
+    }
+
+    /// Reports a failure for the message with id `id`: a record the stage has taken out of
+    /// the batch, or one it has written only in part.
+    pub fn fail(&mut self, id: u64, error: StageError) {
+        self.failures.push(Failure { id, error });
+    }
+
+    pub fn failures(&self) -> &[Failure] {
+        &self.failures
+    }
+
+    /// Takes every record, to deliver later (from any thread): they stay in flight, counted
+    /// against the pipeline's bound, until the [`Deferred`] is settled. No record is copied.
+    pub fn defer_all(&mut self) -> Deferred {
+        let records: Vec<Record> = std::mem::take(&mut self.records).into_vec();
+        self.deferral(records)
+    }
+
+    /// Takes the records `pick` chooses, to deliver later; the others stay in the batch.
+    pub fn defer(&mut self, mut pick: impl FnMut(&Record) -> bool) -> Deferred {
+        let mut taken = Vec::new();
+        let mut kept = RVec::with_capacity(self.records.len());
+        for r in std::mem::take(&mut self.records) {
+            if pick(&r) {
+                taken.push(r);
+            } else {
+                kept.push(r);
+            }
+        }
+        self.records = kept;
+        self.deferral(taken)
+    }
+
+    fn deferral(&self, records: Vec<Record>) -> Deferred {
+        let ids: Vec<u64> = records.iter().map(Record::id).collect();
+        let ack = self.ack.clone().into_option();
+        if let Some(ack) = &ack {
+            if !ids.is_empty() {
+                ack.deferred(RSlice::from_slice(&ids));
+            }
+        }
+        Deferred {
+            records,
+            ticket: Ticket {
+                parts: vec![Part { ack, ids }],
+            },
+        }
+    }
+
+    /// For hosts: the records left and the failures reported.
+    #[doc(hidden)]
+    pub fn into_parts(self) -> (RVec<Record>, RVec<Failure>) {
+        (self.records, self.failures)
+    }
+}
+
+/// Records a stage took for later, with the [`Ticket`] that settles them.
+pub struct Deferred {
+    records: Vec<Record>,
+    ticket: Ticket,
+}
+
+impl Deferred {
+    pub fn records(&self) -> &[Record] {
+        &self.records
+    }
+
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+
+    /// The records (moved, not copied) and the ticket, to keep apart: an exporter can queue
+    /// or send the records and settle the ticket when it knows how it went.
+    pub fn into_parts(self) -> (Vec<Record>, Ticket) {
+        (self.records, self.ticket)
+    }
+
+    pub fn delivered(self) {
+        self.ticket.delivered();
+    }
+
+    pub fn failed(self, error: StageError) {
+        self.ticket.failed(error);
+    }
+
+    /// Hands the records back to the host, which calls the stage with them again after
+    /// `after`. They stay in flight meanwhile.
+    pub fn retry(self, after: Duration) {
+        self.ticket.retry(self.records, after);
+    }
+
+    /// Joins another deferral to this one (an exporter batching several calls' records).
+    pub fn merge(&mut self, other: Deferred) {
+        self.records.extend(other.records);
+        self.ticket.merge(other.ticket);
+    }
+
+    /// Splits off the records from index `at` on, with their part of the ticket.
+    pub fn split_off(&mut self, at: usize) -> Deferred {
+        let at = at.min(self.records.len());
+        Deferred {
+            records: self.records.split_off(at),
+            ticket: self.ticket.split_off(at),
+        }
+    }
+}
+
+/// How one record of a ticket ended, for [`Ticket::settle_each`].
+#[derive(Debug, Clone)]
+pub enum Settlement {
+    Delivered,
+    Failed(StageError),
+}
+
+struct Part {
+    ack: Option<AckBox>,
+    ids: Vec<u64>,
+}
+
+/// The right, and the duty, to settle records taken for later. Settle it once, from any
+/// thread. A ticket dropped unsettled fails its records with error type `unsettled`: a
+/// record is never lost without a word.
+pub struct Ticket {
+    parts: Vec<Part>,
+}
+
+impl Ticket {
+    /// How many records it settles.
+    pub fn len(&self) -> usize {
+        self.parts.iter().map(|p| p.ids.len()).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.parts.iter().all(|p| p.ids.is_empty())
+    }
+
+    /// The message ids of its records.
+    pub fn ids(&self) -> impl Iterator<Item = u64> + '_ {
+        self.parts.iter().flat_map(|p| p.ids.iter().copied())
+    }
+
+    /// Joins another ticket to this one.
+    pub fn merge(&mut self, mut other: Ticket) {
+        self.parts.append(&mut other.parts);
+    }
+
+    /// Splits off the records from position `at` on (in the order they were taken).
+    pub fn split_off(&mut self, mut at: usize) -> Ticket {
+        let mut rest = Vec::new();
+        let mut i = 0;
+        while i < self.parts.len() {
+            let len = self.parts[i].ids.len();
+            if at >= len {
+                at -= len;
+                i += 1;
+                continue;
+            }
+            let tail = self.parts[i].ids.split_off(at);
+            rest.push(Part {
+                ack: self.parts[i].ack.clone(),
+                ids: tail,
+            });
+            rest.extend(self.parts.drain(i + 1..));
+            break;
+        }
+        Ticket { parts: rest }
+    }
+
+    pub fn delivered(mut self) {
+        for p in self.parts.drain(..) {
+            if let (Some(ack), false) = (&p.ack, p.ids.is_empty()) {
+                ack.delivered(RSlice::from_slice(&p.ids));
+            }
+        }
+    }
+
+    pub fn failed(mut self, error: StageError) {
+        for p in self.parts.drain(..) {
+            if let (Some(ack), false) = (&p.ack, p.ids.is_empty()) {
+                ack.failed(RSlice::from_slice(&p.ids), &error);
+            }
+        }
+    }
+
+    /// Settles each record by id.
+    pub fn settle_each(mut self, mut how: impl FnMut(u64) -> Settlement) {
+        for p in self.parts.drain(..) {
+            let Some(ack) = &p.ack else { continue };
+            let mut delivered = Vec::new();
+            for &id in &p.ids {
+                match how(id) {
+                    Settlement::Delivered => delivered.push(id),
+                    Settlement::Failed(error) => ack.failed(RSlice::from_slice(&[id]), &error),
+                }
+            }
+            if !delivered.is_empty() {
+                ack.delivered(RSlice::from_slice(&delivered));
+            }
+        }
+    }
+
+    /// Hands `records` (those this ticket settles) back to the host, which calls the stage
+    /// with them again after `after`.
+    pub fn retry(mut self, records: Vec<Record>, after: Duration) {
+        let after_ms = u64::try_from(after.as_millis()).unwrap_or(u64::MAX);
+        let parts = std::mem::take(&mut self.parts);
+        if let [only] = &parts[..] {
+            if let Some(ack) = &only.ack {
+                ack.retry(records.into(), after_ms);
+            }
+            return;
+        }
+        let part_of: HashMap<u64, usize> = parts
+            .iter()
+            .enumerate()
+            .flat_map(|(i, p)| p.ids.iter().map(move |&id| (id, i)))
+            .collect();
+        let mut split: Vec<RVec<Record>> = parts.iter().map(|_| RVec::new()).collect();
+        for r in records {
+            if let Some(&i) = part_of.get(&r.id()) {
+                split[i].push(r);
+            }
+        }
+        for (p, records) in parts.iter().zip(split) {
+            if let Some(ack) = &p.ack {
+                ack.retry(records, after_ms);
+            }
+        }
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        if self
+            .parts
+            .iter()
+            .all(|p| p.ids.is_empty() || p.ack.is_none())
+        {
+            return;
+        }
+        let error = StageError::new(
+            "unsettled",
+            "the stage dropped records it had taken for later without settling them",
+        );
+        for p in self.parts.drain(..) {
+            if let (Some(ack), false) = (&p.ack, p.ids.is_empty()) {
+                ack.failed(RSlice::from_slice(&p.ids), &error);
+            }
+        }
+    }
+}
