@@ -125,6 +125,9 @@ struct RecordMeta {
     size_bytes: u64,
     received_at_ns: u64,
     trace: TraceContext,
+    /// A fixture built with another record layout (a change that needs a new 0.x) has this.
+    #[cfg(feature = "__compat_other_record_layout")]
+    added: u64,
 }
 
 #[repr(C)]

@@ -109,6 +109,35 @@ pub fn fixtures_dir() -> PathBuf {
         .clone()
 }
 
+/// A fixture built on its own (`cargo build -p NAME`), for the `compat-*` fixtures: each is
+/// built against another shape of plugin-api (a cargo feature), and building them together
+/// would unify those features into all of them. Built once per test process.
+pub fn isolated_fixture_lib(name: &str) -> PathBuf {
+    static BUILT: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    if !built.iter().any(|b| b == name) {
+        let workspace = workspace_dir();
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let output = Command::new(cargo)
+            .args(["build", "--release", "--locked", "-p", name, "--manifest-path"])
+            .arg(workspace.join("tests/fixtures/Cargo.toml"))
+            .arg("--target-dir")
+            .arg(workspace.join("target/fixtures"))
+            .current_dir(&workspace)
+            .output()
+            .expect("cannot run cargo to build a fixture library");
+        assert!(
+            output.status.success(),
+            "building fixture {name} failed ({}):\n{}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+        built.push(name.to_owned());
+    }
+    drop(built);
+    fixture_lib(name)
+}
+
 /// The fixture library of package `name` (e.g. `panicky-plugin`), as a file path.
 pub fn fixture_lib(name: &str) -> PathBuf {
     let file = format!(
