@@ -214,4 +214,107 @@ mod tests {
             _ => panic!("consts match like variants"),
         }
     }
+
+    /// A later 0.2.x's kinds, with a value this release has no name for: what a library built
+    /// against it would hand over. Same names, in a module of their own, so that abi_stable
+    /// compares them as the same types.
+    mod later {
+        // The whole shape of the later release, of which the test uses a little.
+        #![allow(dead_code)]
+
+        use std::fmt;
+
+        use abi_stable::StableAbi;
+
+        open_enum! {
+            pub struct StageKind {
+                Processor = 0 => "processor",
+                Metrics = 1 => "metrics",
+                Exporter = 2 => "exporter",
+                Observer = 3 => "observer",
+                Sink = 4 => "sink",
+            }
+            unknown => "unknown"
+        }
+
+        open_enum! {
+            pub struct HealthStatus {
+                Healthy = 0 => "healthy",
+                Degraded = 1 => "degraded",
+                Unhealthy = 2 => "unhealthy",
+                Draining = 3 => "draining",
+            }
+            unknown => "unhealthy"
+        }
+
+        /// The byte that crosses the boundary, both ways.
+        pub fn stage_kind_byte(kind: StageKind) -> u8 {
+            kind.0
+        }
+
+        pub fn stage_kind(byte: u8) -> StageKind {
+            StageKind(byte)
+        }
+
+        pub fn health_status_byte(status: HealthStatus) -> u8 {
+            status.0
+        }
+    }
+
+    #[test]
+    fn a_value_added_by_a_later_release_loads_round_trips_and_reads_as_unknown() {
+        use abi_stable::{
+            abi_stability::abi_checking::check_layout_compatibility, std_types::RVec,
+        };
+
+        // Naming a value changes no layout: the check a host makes when it loads a library
+        // passes whichever side is the newer.
+        for (interface, implementation) in [
+            (StageKind::LAYOUT, later::StageKind::LAYOUT),
+            (later::StageKind::LAYOUT, StageKind::LAYOUT),
+            (HealthStatus::LAYOUT, later::HealthStatus::LAYOUT),
+            (later::HealthStatus::LAYOUT, HealthStatus::LAYOUT),
+        ] {
+            if let Err(e) = check_layout_compatibility(interface, implementation) {
+                panic!("{e}");
+            }
+        }
+
+        // A library built against the later release offers a stage of the new kind; this
+        // release reads its manifest.
+        let theirs = later::StageKind::Sink;
+        let ours = StageKind(later::stage_kind_byte(theirs));
+        let manifest: RVec<crate::module::StageInfo> = vec![crate::module::StageInfo {
+            name: "sink".into(),
+            kind: ours,
+        }]
+        .into();
+        let read = manifest.as_slice()[0].clone();
+        assert!(!read.kind.is_known());
+        assert_eq!(
+            (
+                read.kind.as_str(),
+                read.kind.to_string(),
+                format!("{:?}", read.kind)
+            ),
+            ("unknown", "unknown".to_owned(), "StageKind(4)".to_owned())
+        );
+        assert!(!matches!(
+            read.kind,
+            StageKind::Processor | StageKind::Metrics | StageKind::Exporter | StageKind::Observer
+        ));
+        // Unknown here, but not lost: handed back, it is the later release's kind again, and
+        // it stays distinct from other values this release does not know either.
+        let back = later::stage_kind(read.kind.0);
+        assert_eq!((back, back.as_str()), (later::StageKind::Sink, "sink"));
+        assert_ne!(read.kind, StageKind(5));
+
+        // A status this release does not know counts as unhealthy, as documented.
+        let draining = HealthStatus(later::health_status_byte(later::HealthStatus::Draining));
+        let report = HealthReport::new(draining, "draining connections").clone();
+        assert_eq!(
+            (report.status(), report.reason()),
+            (HealthStatus::Unhealthy, "draining connections")
+        );
+    }
 }

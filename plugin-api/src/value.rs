@@ -600,4 +600,84 @@ mod tests {
         assert!(!Value::from(big).loosely_eq(&Value::from((1i64 << 53) as f64)));
         assert!(!Value::from("3").loosely_eq(&Value::from(3i64)));
     }
+
+    /// A later 0.2.x's `Value`, with a kind of value this release does not have: what a
+    /// library built against it would hand over. Same names, in a module of their own, so
+    /// that abi_stable compares them as the same types.
+    mod later {
+        // The whole shape of the later release, of which the test uses a little.
+        #![allow(non_local_definitions, dead_code)]
+
+        use abi_stable::{
+            nonexhaustive_enum::SerializeEnum,
+            std_types::{RBoxError, RString, RVec},
+            StableAbi,
+        };
+
+        use super::super::{Map, Str};
+
+        #[repr(u8)]
+        #[derive(StableAbi, Clone, PartialEq, Debug)]
+        #[sabi(kind(WithNonExhaustive(
+            size = [u64; 6],
+            align = u64,
+            traits(Debug, Clone, PartialEq, Serialize)
+        )))]
+        #[non_exhaustive]
+        pub enum ValueRepr {
+            Null,
+            Bool(bool),
+            Int(i64),
+            Float(f64),
+            Str(Str),
+            Bytes(RVec<u8>),
+            List(RVec<Value>),
+            Map(Map),
+            /// The kind a later release adds.
+            Timestamp {
+                unix_ns: i64,
+            },
+        }
+
+        impl SerializeEnum<ValueRepr> for ValueRepr_Interface {
+            type Proxy = RString;
+
+            fn serialize_enum(this: &ValueRepr) -> Result<RString, RBoxError> {
+                match this {
+                    ValueRepr::Timestamp { unix_ns } => {
+                        Ok(format!("{{\"unix_ns\":{unix_ns}}}").into())
+                    }
+                    other => Err(RBoxError::from_fmt(&format_args!("{other:?}"))),
+                }
+            }
+        }
+
+        #[repr(C)]
+        #[derive(StableAbi, Clone, PartialEq, Debug)]
+        pub struct Value(pub ValueRepr_NE);
+    }
+
+    #[test]
+    fn a_value_of_a_kind_added_later_passes_the_layout_check() {
+        use abi_stable::abi_stability::abi_checking::check_layout_compatibility;
+
+        // `Value` is non-exhaustive across the boundary: a host of this release loads a
+        // library whose `Value` has a kind more.
+        if let Err(e) = check_layout_compatibility(Value::LAYOUT, later::Value::LAYOUT) {
+            panic!("{e}");
+        }
+        // The check does see the new kind: it accepts it from the newer side only (which is
+        // why a host checks an older library with the roles swapped).
+        let swapped = check_layout_compatibility(later::Value::LAYOUT, Value::LAYOUT)
+            .expect_err("a kind more on the interface's side is not allowed");
+        assert!(
+            swapped.to_string().contains("too many variants"),
+            "{swapped}"
+        );
+        // And the later kind fits the storage both agree on.
+        let later = later::Value(later::ValueRepr_NE::new(later::ValueRepr::Timestamp {
+            unix_ns: 7,
+        }));
+        assert!(later.0.as_enum().is_ok());
+    }
 }

@@ -30,7 +30,8 @@ use std::{
 };
 
 use abi_stable::{
-    library::{lib_header_from_path, LibraryError, RootModule, ROOT_MODULE_LOADER_NAME},
+    abi_stability::abi_checking::{check_layout_compatibility, AbiInstabilityErrors},
+    library::{lib_header_from_path, LibHeader, LibraryError, RootModule, ROOT_MODULE_LOADER_NAME},
     sabi_types::VersionStrings,
 };
 use object::{
@@ -215,15 +216,19 @@ pub fn load_library(path: &Path, options: LoadOptions) -> Result<LoadedLibrary, 
     // now on (even a refused one may stay mapped); were N reused for another file, `dlopen`
     // of that name would hand back this library without opening anything.
     let _ = file.handle.into_raw_fd();
-    // `lib_header_from_path` then `init_root_module`, never `load_from_file`: the latter
-    // caches the first module loaded for a type and would hand it back for every library.
+    // `lib_header_from_path` then the module, never `load_from_file`: the latter caches the
+    // first module loaded for a type and would hand it back for every library.
     let header = lib_header_from_path(&loaded_as).map_err(|e| classify(path, &loaded_as, e))?;
     // The version first: a library of another compatibility line has other layouts too, and
     // "layouts differ" would hide the reason that matters.
     check_version(path, header.version_strings())?;
-    let module = header
-        .init_root_module::<PluginModRef>()
-        .map_err(|e| classify(path, &loaded_as, e))?;
+    check_layout(path, header)?;
+    // Not `init_root_module`: it repeats abi_stable's checks, which refuse a library built
+    // against an earlier 0.2.x (see `check_layout`).
+    // SAFETY: `check_layout` found the library's root module layout compatible with
+    // `PluginModRef`'s, down to every type that crosses the boundary.
+    let module = unsafe { header.unchecked_layout::<PluginModRef>() }
+        .map_err(|e| classify(path, &loaded_as, e.into_library_error::<PluginModRef>()))?;
     let manifest = (module.manifest())();
     if manifest.unwinds() == Some(false) {
         return Err(LoadError::Incompatible {
@@ -586,24 +591,96 @@ fn check_version(path: &Path, library: VersionStrings) -> Result<(), LoadError> 
     }
 }
 
-/// The first differences abi_stable found, on one line: where (the path of fields down to
-/// the type) and what.
-fn first_differences(details: &abi_stable::std_types::RBoxError) -> String {
-    use abi_stable::abi_stability::abi_checking::{AbiInstability as AI, AbiInstabilityErrors};
-    use abi_stable::type_layout::TLFieldOrFunction;
-    let Some(errors) = details.downcast_ref::<AbiInstabilityErrors>() else {
-        return "type layouts differ".into();
+/// Checks the library's root module, and every type reachable from it, against this host's.
+///
+/// abi_stable lets the library be the newer side only: its prefix types (the root module, the
+/// manifest, the host's callbacks, vtables) may have fields appended, its non-exhaustive enums
+/// variants added. The contract also promises the other way round, that a library built
+/// against an earlier 0.2.x keeps loading: so a library refused as the newer side is checked
+/// again as the older one (the roles swapped), where abi_stable allows the same growth on the
+/// host's side. Both are sound for the same reason: a field after `last_prefix_field` is read
+/// through an accessor that looks at the table actually handed over, whoever built it, and a
+/// value of a variant the reader does not know stays opaque. A library newer in one type and
+/// older in another fails both checks.
+///
+/// The check runs here rather than inside `init_root_module`, which also keeps abi_stable's
+/// report as a value (the loader hands it back only formatted) for [`first_differences`].
+fn check_layout(path: &Path, header: &LibHeader) -> Result<(), LoadError> {
+    let ours = <PluginModRef as abi_stable::StableAbi>::LAYOUT;
+    let Some(theirs) = header.layout() else {
+        return Err(LoadError::Incompatible {
+            path: path.to_path_buf(),
+            reason: "the library carries no layout to check".into(),
+        });
     };
+    let Err(errors) = check_layout_compatibility(ours, theirs) else {
+        return Ok(());
+    };
+    if check_layout_compatibility(theirs, ours).is_ok() {
+        return Ok(());
+    }
+    tracing::debug!(path = %path.display(), "layout mismatch:\n{errors}");
+    Err(LoadError::Incompatible {
+        path: path.to_path_buf(),
+        reason: format!(
+            "{} (the full report at debug log level)",
+            first_differences(&errors)
+        ),
+    })
+}
+
+/// The first differences abi_stable found, on one line: where (the fields of plugin-api's
+/// types on the way from the root module down to the type that differs) and what.
+///
+/// abi_stable lists every type pair it compared on the way, most with nothing wrong in
+/// themselves; and a difference inside one of plugin-api's types also shows in the wrappers of
+/// abi_stable's around it (an `RResult<RecordData, _>`). So the differences in plugin-api's
+/// own types come first, and only they when there are some.
+fn first_differences(errors: &AbiInstabilityErrors) -> String {
+    use abi_stable::abi_stability::abi_checking::{AbiInstability as AI, AbiInstabilityError};
+    use abi_stable::{type_layout::TLFieldOrFunction, StableAbi};
+    let api = <plugin_api::Record as StableAbi>::LAYOUT.package();
+    // The fields on the way down, each with the type that holds it; the type that differs.
+    let trail = |error: &AbiInstabilityError| {
+        let mut hops = Vec::new();
+        let mut holder: Option<&'static abi_stable::type_layout::TypeLayout> = None;
+        for ef in error.stack_trace.iter() {
+            if let TLFieldOrFunction::Field(f) = &ef.expected {
+                if let Some(holder) = holder.filter(|h| h.package() == api) {
+                    hops.push(format!("{}.{}", holder.name(), f.name()));
+                }
+                holder = Some(f.layout());
+            }
+        }
+        (hops, holder)
+    };
+    let differing: Vec<&AbiInstabilityError> = errors
+        .errors
+        .iter()
+        .filter(|e| !e.errs.is_empty())
+        .collect();
+    let in_api: Vec<&AbiInstabilityError> = differing
+        .iter()
+        .copied()
+        .filter(|e| trail(e).1.is_some_and(|t| t.package() == api))
+        .collect();
+    let shown = if in_api.is_empty() { differing } else { in_api };
+    let trails: Vec<_> = shown.iter().map(|e| trail(e)).collect();
     let mut parts = Vec::new();
-    for error in errors.errors.iter().take(2) {
-        let path: Vec<String> = error
-            .stack_trace
+    // A type that differs only by holding another that differs is left out: the deeper one
+    // names the cause.
+    let holds_another = |hops: &[String]| {
+        trails
             .iter()
-            .map(|ef| match &ef.found {
-                TLFieldOrFunction::Field(f) => f.name().to_string(),
-                TLFieldOrFunction::Function(f) => f.name.to_string(),
-            })
-            .collect();
+            .any(|(other, _)| other.len() > hops.len() && other.starts_with(hops))
+    };
+    for (error, (hops, differs)) in shown.iter().zip(&trails) {
+        if holds_another(hops) {
+            continue;
+        }
+        if parts.len() == 2 {
+            break;
+        }
         let what: Vec<String> = error
             .errs
             .iter()
@@ -638,12 +715,16 @@ fn first_differences(details: &abi_stable::std_types::RBoxError) -> String {
                 }
             })
             .collect();
-        let at = if path.is_empty() {
-            "the root module".to_owned()
+        let ty = differs.map_or("the root module", |t| t.name());
+        let at = if hops.is_empty() {
+            ty.to_owned()
         } else {
-            path.join(".")
+            format!("{} ({ty})", hops.join(" > "))
         };
         parts.push(format!("at {at}: {}", what.join(", ")));
+    }
+    if parts.is_empty() {
+        return "type layouts differ".into();
     }
     format!("type layouts differ: {}", parts.join("; "))
 }
@@ -677,7 +758,9 @@ fn classify(path: &Path, loaded_as: &Path, error: LibraryError) -> LoadError {
                 path,
                 reason: format!(
                     "{} (the full report at debug log level)",
-                    first_differences(&details)
+                    details
+                        .downcast_ref::<AbiInstabilityErrors>()
+                        .map_or_else(|| "type layouts differ".into(), first_differences)
                 ),
             }
         }
