@@ -2,14 +2,10 @@
 //! unit and `_total` where it counts, and every family has HELP.
 
 use hdrhistogram::Histogram;
-use plugin_api::HealthStatus;
+use plugin_api::{HealthStatus, MetricKind};
 
-use super::{
-    exposition::{sanitize_name, Exposition},
-    server::ConnectionCounts,
-    AdminState,
-};
-use crate::monitor::plugin::{SeriesValue, PLUGIN_BUCKETS};
+use super::{exposition::Exposition, server::ConnectionCounts, AdminState};
+use crate::monitor::plugin::{family_name, SeriesValue, PLUGIN_BUCKETS};
 
 /// Reads one count out of a stage's counts.
 type CountOf = fn(&crate::monitor::Counts) -> u64;
@@ -207,15 +203,12 @@ pub async fn render(state: &AdminState, connections: Option<ConnectionCounts>) -
     let mut families: std::collections::BTreeMap<String, (&'static str, Vec<_>)> =
         Default::default();
     for (key, value) in &series {
-        let base = sanitize_name(&key.name);
-        let (name, kind) = match value {
-            SeriesValue::Counter { .. } => (
-                format!("host_plugin_{}_total", base.trim_end_matches("_total")),
-                "counter",
-            ),
-            SeriesValue::Gauge { .. } => (format!("host_plugin_{base}"), "gauge"),
-            SeriesValue::Histogram { .. } => (format!("host_plugin_{base}"), "histogram"),
+        let (kind, type_name) = match value {
+            SeriesValue::Counter { .. } => (MetricKind::Counter, "counter"),
+            SeriesValue::Gauge { .. } => (MetricKind::Gauge, "gauge"),
+            SeriesValue::Histogram { .. } => (MetricKind::Histogram, "histogram"),
         };
+        let (name, kind) = (family_name(kind, &key.name), type_name);
         families
             .entry(name)
             .or_insert((kind, Vec::new()))

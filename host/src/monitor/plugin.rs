@@ -42,6 +42,10 @@ pub enum SeriesValue {
 #[derive(Default)]
 struct Inner {
     series: BTreeMap<SeriesKey, SeriesValue>,
+    /// Every sample name rendered on /metrics so far, with the (kind, plugin name) it belongs
+    /// to: two plugin names that render the same (`x` and `x_total` as counters, a gauge
+    /// `x_count` beside a histogram `x`) would make the page unreadable.
+    claimed: std::collections::HashMap<String, (MetricKind, String)>,
     /// Updates refused, by reason.
     dropped: BTreeMap<&'static str, u64>,
 }
@@ -59,6 +63,35 @@ fn valid_label(name: &str) -> bool {
         .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
         && !name.starts_with("__")
+}
+
+/// The family a plugin metric is exposed under on /metrics: `host_plugin_<name>_total` for a
+/// counter, `host_plugin_<name>` otherwise (`:` becomes `_`).
+pub fn family_name(kind: MetricKind, name: &str) -> String {
+    let mut base = name.replace(':', "_");
+    if base.starts_with(|c: char| c.is_ascii_digit()) {
+        base.insert(0, '_');
+    }
+    if kind == MetricKind::Counter {
+        format!("host_plugin_{}_total", base.trim_end_matches("_total"))
+    } else {
+        format!("host_plugin_{base}")
+    }
+}
+
+/// Every sample name a family renders.
+fn sample_names(kind: MetricKind, name: &str) -> Vec<String> {
+    let family = family_name(kind, name);
+    if kind == MetricKind::Histogram {
+        let mut names: Vec<String> = ["_bucket", "_sum", "_count"]
+            .iter()
+            .map(|suffix| format!("{family}{suffix}"))
+            .collect();
+        names.push(family);
+        names
+    } else {
+        vec![family]
+    }
 }
 
 /// Whether `name` can be a metric name under `host_plugin_`.
@@ -108,8 +141,8 @@ impl PluginMetrics {
     }
 
     /// Updates refused so far, by reason: `too_many_series`, `kind_mismatch`,
-    /// `negative_increment`, `reserved_label`, `invalid_label`, `invalid_name`,
-    /// `unknown_kind`.
+    /// `negative_increment`, `reserved_label`, `invalid_label`, `duplicate_label`,
+    /// `invalid_name`, `name_conflict`, `unknown_kind`.
     pub fn dropped(&self) -> BTreeMap<&'static str, u64> {
         lock(&self.inner).dropped.clone()
     }
@@ -151,15 +184,33 @@ impl PluginMetrics {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         labels.sort();
+        // One name twice would render a sample Prometheus cannot read.
+        if labels.windows(2).any(|w| w[0].0 == w[1].0) {
+            return self.refuse("duplicate_label");
+        }
         let key = SeriesKey {
             stage: stage.to_owned(),
             name: name.to_owned(),
             labels,
         };
         let mut inner = lock(&self.inner);
-        if !inner.series.contains_key(&key) && inner.series.len() >= MAX_SERIES {
-            *inner.dropped.entry("too_many_series").or_default() += 1;
-            return;
+        if !inner.series.contains_key(&key) {
+            if inner.series.len() >= MAX_SERIES {
+                *inner.dropped.entry("too_many_series").or_default() += 1;
+                return;
+            }
+            let names = sample_names(kind, name);
+            let owner = (kind, name.to_owned());
+            if names
+                .iter()
+                .any(|n| inner.claimed.get(n).is_some_and(|o| *o != owner))
+            {
+                *inner.dropped.entry("name_conflict").or_default() += 1;
+                return;
+            }
+            for n in names {
+                inner.claimed.entry(n).or_insert_with(|| owner.clone());
+            }
         }
         let entry = inner.series.entry(key).or_insert_with(|| match kind {
             MetricKind::Counter => SeriesValue::Counter { value: 0.0 },
@@ -227,18 +278,48 @@ mod tests {
     }
 
     #[test]
+    fn names_that_would_render_the_same_are_refused() {
+        let m = PluginMetrics::default();
+        m.record("s", MetricKind::Counter, "x", 1.0, &[]);
+        m.record("t", MetricKind::Counter, "x", 1.0, &[]); // same family, other stage: fine
+        m.record("s", MetricKind::Counter, "x_total", 1.0, &[]);
+        m.record("s", MetricKind::Histogram, "h", 0.1, &[]);
+        m.record("s", MetricKind::Gauge, "h_count", 1.0, &[]);
+        m.record("s", MetricKind::Gauge, "a:b", 1.0, &[]);
+        m.record("s", MetricKind::Gauge, "a_b", 1.0, &[]);
+        assert_eq!(m.series().len(), 4);
+        assert_eq!(m.dropped()["name_conflict"], 3);
+        assert_eq!(
+            family_name(MetricKind::Counter, "x_total"),
+            "host_plugin_x_total"
+        );
+    }
+
+    #[test]
     fn reserved_and_invalid_labels_are_refused_and_counted() {
         let m = PluginMetrics::default();
         m.record("s", MetricKind::Counter, "x", 1.0, &[("stage", "other")]);
         m.record("s", MetricKind::Counter, "x", 1.0, &[("le", "1")]);
         m.record("s", MetricKind::Counter, "x", 1.0, &[("bad-label", "1")]);
+        m.record(
+            "s",
+            MetricKind::Counter,
+            "x",
+            1.0,
+            &[("a", "1"), ("b", "2"), ("a", "3")],
+        );
         m.record("s", MetricKind::Counter, "bad name", 1.0, &[]);
         m.record("s", MetricKind::Counter, "x", -1.0, &[]);
         assert!(m.series().is_empty());
         let d = m.dropped();
         assert_eq!(
-            (d["reserved_label"], d["invalid_label"], d["invalid_name"]),
-            (2, 1, 1)
+            (
+                d["reserved_label"],
+                d["invalid_label"],
+                d["duplicate_label"],
+                d["invalid_name"]
+            ),
+            (2, 1, 1, 1)
         );
     }
 }

@@ -207,9 +207,12 @@ impl StageContext {
         );
     }
 
-    /// Adds `value` to counter `name` (shown as `host_plugin_<name>_total`). Labels `stage`
-    /// and `le`, and names that are not valid Prometheus label names, are refused by the host
-    /// (and counted in `host_monitor_plugin_updates_dropped_total`).
+    /// Adds `value` to counter `name` (shown as `host_plugin_<name>_total`, labelled with the
+    /// stage). The host refuses an update (and counts it, by reason, in
+    /// `host_monitor_plugin_updates_dropped_total`) with a label named `stage`, `le` or
+    /// `quantile` (`reserved_label`), a label name that is not a Prometheus one or starts with
+    /// `__` (`invalid_label`), or the same label name twice (`duplicate_label`); the same
+    /// holds for every kind of metric.
     pub fn counter(&self, name: &str, value: f64, labels: &[(&str, &str)]) {
         self.metric(MetricKind::Counter, name, value, labels);
     }
