@@ -10,7 +10,9 @@
 //!
 //! Records a stage takes for later are *pending* until settled. At the end of a shutdown's
 //! drain timeout, what is still pending fails with its own error type ([`DRAIN_TIMEOUT`]):
-//! never silently.
+//! never silently. A message that was neither pending, delivered nor failed then is counted
+//! as filtered, unless it turns out to have been still on its way (in a queue, in a call):
+//! when a stage or worker fails it afterwards, it moves to failed, with that same error type.
 //!
 //! Messages in flight are also bounded: a source takes one permit per message before it admits
 //! a batch ([`PipelineCounters::admit`]), and the settlement gives them back, so a stage that
@@ -19,7 +21,10 @@
 use std::{
     collections::{BTreeMap, HashMap},
     sync::{
-        atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering::Relaxed},
+        atomic::{
+            AtomicBool, AtomicU16, AtomicU64,
+            Ordering::{AcqRel, Relaxed},
+        },
         Arc, Mutex, OnceLock, Weak,
     },
 };
@@ -40,6 +45,9 @@ pub struct PipelineCounters {
     completed: AtomicU64,
     filtered: AtomicU64,
     failed: AtomicU64,
+    /// Messages a drain timeout counted as filtered that failed afterwards: they count as
+    /// failed instead (see [`Lineage::failed`]).
+    failed_late: AtomicU64,
     /// Failed messages by the error type of their first failure.
     failed_by_type: Mutex<BTreeMap<String, u64>>,
     /// One permit per message that may be in flight.
@@ -74,6 +82,7 @@ impl PipelineCounters {
             completed: AtomicU64::new(0),
             filtered: AtomicU64::new(0),
             failed: AtomicU64::new(0),
+            failed_late: AtomicU64::new(0),
             failed_by_type: Mutex::new(BTreeMap::new()),
             in_flight: Arc::new(Semaphore::new(max_in_flight.min(Semaphore::MAX_PERMITS))),
             live: Mutex::new(HashMap::new()),
@@ -141,7 +150,10 @@ impl PipelineCounters {
         let completed = self.completed.load(Relaxed);
         let filtered = self.filtered.load(Relaxed);
         let failed = self.failed.load(Relaxed);
+        let late = self.failed_late.load(Relaxed);
         let received = self.received.load(Relaxed);
+        // A late failure can be seen a moment before the settlement that counted it filtered.
+        let (filtered, failed) = (filtered.saturating_sub(late), failed + late);
         Totals {
             received,
             completed,
@@ -153,16 +165,29 @@ impl PipelineCounters {
     }
 }
 
+/// Messages per word of a lineage's failure marks: the word's top bit says that a forced
+/// settlement has counted them (see [`Lineage::failed`]).
+const FAILED_PER_WORD: usize = 63;
+const COUNTED: u64 = 1 << 63;
+
+/// Where message `i`'s failure mark is: its word, and its bit in the word.
+fn failed_bit(i: usize) -> (usize, u64) {
+    (i / FAILED_PER_WORD, 1 << (i % FAILED_PER_WORD))
+}
+
 /// The marks of one source batch's messages.
 pub struct Lineage {
     first_id: u64,
     count: usize,
     delivered: Box<[AtomicU64]>,
+    /// 63 messages per word, and [`COUNTED`].
     failed: Box<[AtomicU64]>,
     /// Per message, how many holders of records taken for later have not settled them; made
     /// on the first deferral, so batches nobody defers never pay for it.
     pending: OnceLock<Box<[AtomicU16]>>,
     settled: AtomicBool,
+    /// The error type of a forced settlement, once there was one.
+    forced: OnceLock<Box<str>>,
     /// Whether this batch holds in-flight permits (window records do not).
     bounded: bool,
     counters: Arc<PipelineCounters>,
@@ -178,9 +203,12 @@ impl Lineage {
             first_id,
             count,
             delivered: bitset(count),
-            failed: bitset(count),
+            failed: (0..count.div_ceil(FAILED_PER_WORD))
+                .map(|_| AtomicU64::new(0))
+                .collect(),
             pending: OnceLock::new(),
             settled: AtomicBool::new(false),
+            forced: OnceLock::new(),
             bounded,
             counters,
         }
@@ -222,13 +250,27 @@ impl Lineage {
     }
 
     /// The message failed with `error_type`; only its first failure names its type.
+    ///
+    /// After a forced settlement (a drain timeout), a message it counted as filtered (neither
+    /// delivered, failed nor held) was still on its way: if it fails now (a worker fails what
+    /// it still had queued, a stage what it still had in hand), it counts as failed, with the
+    /// settlement's error type. The mark and the settlement's claim on the word are one atomic
+    /// word, so each message is counted once, whatever the timing.
     pub fn failed(&self, id: u64, error_type: &str) {
-        if let Some(i) = self.index(id) {
-            let bit = 1 << (i % 64);
-            if self.failed[i / 64].fetch_or(bit, Relaxed) & bit == 0 && !self.settled.load(Relaxed)
-            {
-                self.counters.count_failure_type(error_type, 1);
-            }
+        let Some(i) = self.index(id) else {
+            return;
+        };
+        let (w, bit) = failed_bit(i);
+        let before = self.failed[w].fetch_or(bit, AcqRel);
+        if before & bit != 0 {
+            return;
+        }
+        if before & COUNTED == 0 {
+            // Counted as failed when the lineage settles.
+            self.counters.count_failure_type(error_type, 1);
+        } else if let Some(kind) = self.forced.get() {
+            self.counters.failed_late.fetch_add(1, Relaxed);
+            self.counters.count_failure_type(kind, 1);
         }
     }
 
@@ -254,22 +296,37 @@ impl Lineage {
     /// Counts every message once: at the last drop, or when a drain timeout forces it (then
     /// what is still pending fails with `forced`).
     fn settle(&self, forced: Option<&str>) {
-        if self.settled.swap(true, Relaxed) {
+        if self.settled.swap(true, AcqRel) {
             return;
+        }
+        if let Some(kind) = forced {
+            let _ = self.forced.set(kind.into());
         }
         let (mut completed, mut failed, mut forced_failed) = (0u64, 0u64, 0u64);
         let pending = self.pending.get();
-        for i in 0..self.count {
-            let (w, bit) = (i / 64, 1u64 << (i % 64));
-            let is_failed = self.failed[w].load(Relaxed) & bit != 0;
-            let is_pending = pending.is_some_and(|p| p[i].load(Relaxed) > 0);
-            if is_failed {
-                failed += 1;
-            } else if forced.is_some() && is_pending {
-                forced_failed += 1;
-            } else if self.delivered[w].load(Relaxed) & bit != 0 {
-                completed += 1;
+        for (w, word) in self.failed.iter().enumerate() {
+            let messages = w * FAILED_PER_WORD..((w + 1) * FAILED_PER_WORD).min(self.count);
+            // Each message's state, read once: pending (forced only), delivered.
+            let (mut held, mut delivered) = (0u64, 0u64);
+            for i in messages.clone() {
+                let bit = failed_bit(i).1;
+                if forced.is_some() && pending.is_some_and(|p| p[i].load(Relaxed) > 0) {
+                    held |= bit;
+                } else if self.delivered[i / 64].load(Relaxed) & (1 << (i % 64)) != 0 {
+                    delivered |= bit;
+                }
             }
+            let failed_before = if forced.is_some() {
+                // Stages may still be settling (a forced settlement does not wait for them):
+                // claim what is counted here as held or delivered, so that a later failure
+                // of it is ignored, and leave the rest to `failed` to count.
+                word.fetch_or(COUNTED | held | delivered, AcqRel)
+            } else {
+                word.load(Relaxed)
+            };
+            failed += u64::from((failed_before & !COUNTED).count_ones());
+            forced_failed += u64::from((held & !failed_before).count_ones());
+            completed += u64::from((delivered & !failed_before).count_ones());
         }
         if let (Some(kind), true) = (forced, forced_failed > 0) {
             self.counters.count_failure_type(kind, forced_failed);
@@ -393,6 +450,63 @@ mod tests {
         let t = counters.totals();
         assert_eq!((t.received, t.completed, t.failed), (3, 2, 1));
         assert_eq!(t.failed_by_type.get("io"), None);
+    }
+
+    #[tokio::test]
+    async fn what_was_still_on_its_way_at_a_drain_timeout_fails_when_it_is_failed_later() {
+        let counters = Arc::new(PipelineCounters::default());
+        // 130 messages: three words of failure marks.
+        let lineage = counters.admit(1, 130).await;
+        for id in (2..=130).step_by(2) {
+            lineage.delivered(id);
+        }
+        lineage.failed(3, "io");
+        lineage.deferred(1);
+        counters.settle_all(DRAIN_TIMEOUT);
+        let t = counters.totals();
+        assert_eq!(
+            (t.completed, t.filtered, t.failed, t.in_flight),
+            (65, 63, 2, 0)
+        );
+        // The worker fails what it still had queued; the stage its held record as it stops.
+        for id in (5..=129).step_by(2) {
+            lineage.failed(id, "pipeline_closed");
+        }
+        lineage.failed(1, "unsettled");
+        lineage.failed(2, "io"); // delivered before the timeout: stays completed
+        lineage.failed(5, "io"); // counted once
+        drop(lineage);
+        let t = counters.totals();
+        assert_eq!(
+            (t.received, t.completed, t.filtered, t.failed, t.in_flight),
+            (130, 65, 0, 65, 0)
+        );
+        assert_eq!(t.failed_by_type.get("io"), Some(&1));
+        assert_eq!(t.failed_by_type[DRAIN_TIMEOUT], 64);
+        assert_eq!(t.failed_by_type.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn failures_racing_a_drain_timeout_count_once_each() {
+        for _ in 0..20 {
+            let counters = Arc::new(PipelineCounters::default());
+            let n = 5_000;
+            let lineage = counters.admit(1, n).await;
+            let failing = {
+                let lineage = lineage.clone();
+                std::thread::spawn(move || {
+                    for id in 1..=n as u64 {
+                        lineage.failed(id, "io");
+                    }
+                })
+            };
+            counters.settle_all(DRAIN_TIMEOUT);
+            failing.join().unwrap();
+            drop(lineage);
+            let t = counters.totals();
+            assert_eq!((t.received, t.failed, t.filtered), (n as u64, n as u64, 0));
+            assert_eq!(t.failed_by_type.values().sum::<u64>(), n as u64);
+        }
     }
 
     #[tokio::test]

@@ -12,7 +12,10 @@
 
 use std::{
     sync::{
-        atomic::{AtomicI64, Ordering::Relaxed},
+        atomic::{
+            AtomicI64,
+            Ordering::{AcqRel, Acquire, Relaxed},
+        },
         mpsc as std_mpsc, Arc,
     },
     time::{Duration, Instant},
@@ -33,7 +36,9 @@ use crate::{
     monitor::{CallOutcome, StageStats},
 };
 
-/// Records handed back by a stage, due to be called with again.
+/// Records handed back by a stage, due to be called with again. They stay pending in their
+/// lineage until that call has decided about them: a drain timeout meanwhile fails them as
+/// `drain_timeout`, as it does records a stage holds.
 struct Retry {
     records: RVec<Record>,
     lineage: Arc<Lineage>,
@@ -60,7 +65,8 @@ struct HostAck {
 
 impl HostAck {
     fn settled(&self, n: usize) {
-        let left = self.acks.outstanding.fetch_sub(n as i64, Relaxed) - n as i64;
+        // Release: a worker that sees the count fall also sees a retry sent before it.
+        let left = self.acks.outstanding.fetch_sub(n as i64, AcqRel) - n as i64;
         if left <= 0 {
             self.acks.wake.notify_one();
         }
@@ -101,9 +107,7 @@ impl FfiAck for HostAck {
     }
 
     fn retry(&self, records: RVec<Record>, after_ms: u64) {
-        for r in records.iter() {
-            self.lineage.undeferred(r.id());
-        }
+        // Still pending (see `Retry`): the worker undefers them after the retry call.
         let n = records.len();
         let due = Instant::now() + Duration::from_millis(after_ms);
         let retry = Retry {
@@ -115,9 +119,13 @@ impl FfiAck for HostAck {
             // The worker is gone (after a drain timeout): nothing will call the stage again.
             for r in lost.records.iter() {
                 lost.lineage.failed(r.id(), DRAIN_TIMEOUT);
+                lost.lineage.undeferred(r.id());
             }
         }
         self.settled(n);
+        // `settled` wakes the worker only when nothing is left outstanding; a retry must
+        // wake it even while the stage holds other records.
+        self.acks.wake.notify_one();
     }
 }
 
@@ -198,8 +206,16 @@ impl Worker {
             run.delayed.extend(run.retries.try_iter());
             let now = Instant::now();
             if let Some(i) = run.delayed.iter().position(|r| r.due <= now) {
-                let retry = run.delayed.swap_remove(i);
-                self.handle(&mut run, retry.records, retry.lineage);
+                let Retry {
+                    records, lineage, ..
+                } = run.delayed.swap_remove(i);
+                let ids: Vec<u64> = records.iter().map(Record::id).collect();
+                self.handle(&mut run, records, lineage.clone());
+                // Pending until now, so that no drain timeout could find them neither held
+                // nor delivered; the call has settled them or taken them again.
+                for id in ids {
+                    lineage.undeferred(id);
+                }
                 continue;
             }
             if run.next_tick.is_some_and(|t| t <= now) {
@@ -222,7 +238,11 @@ impl Worker {
                     flushed = true;
                     continue;
                 }
-                if run.acks.outstanding.load(Relaxed) <= 0 && run.delayed.is_empty() {
+                // Read before looking for retries again: a stage hands records back before
+                // they count as settled, so none can slip between the two.
+                let outstanding = run.acks.outstanding.load(Acquire);
+                run.delayed.extend(run.retries.try_iter());
+                if outstanding <= 0 && run.delayed.is_empty() {
                     break;
                 }
             }
