@@ -1,23 +1,28 @@
-//! `host bench`: in one run, the rate at which a bare ZeroMQ PULL socket receives the
-//! generated messages, and the rate at which a pipeline takes the same messages end to end
-//! (every message settled as completed, filtered or failed), in each monitoring mode asked
-//! for. Machines here are shared and noisy, so the figures that matter are the ratios, and
-//! every round measures all variants back to back.
+//! `host bench`: in one run, how fast messages can be received at all, how fast the pipeline
+//! takes them end to end, what each message costs the host, how a fan-out scales, and how long
+//! a message takes from ingest to delivery at a fixed offered rate.
+//!
+//! The messages come from a second process (`host publish`, the `zeromq` crate's PUSH socket),
+//! so the CPU time measured is the host's own. Machines here are shared and noisy, and their CPU
+//! changes between sessions: the figures that matter are the ratios within one run, and every
+//! round measures every variant back to back. The table shows each variant's median.
 
 use std::{
-    path::PathBuf,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
     sync::{
         atomic::{AtomicU64, Ordering::Relaxed},
         Arc,
     },
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use anyhow::{bail, Context};
-use zeromq::{Socket, SocketRecv, SocketSend, ZmqMessage};
+use zeromq::{Socket, SocketRecv};
 
 use crate::{
     config::{MonitoringMode, PipelineConfig},
+    monitor::LatencySummary,
     plugins::registry::Registry,
     publish::generated_message,
     source::zmtp::{self, Endpoint, Limits, Listener, Role, Sink},
@@ -29,59 +34,173 @@ pub struct BenchOptions {
     pub count: u64,
     pub modes: Vec<MonitoringMode>,
     pub rounds: usize,
+    /// Messages per second offered for the latency measurement.
+    pub latency_rate: u64,
+    /// Exporters in the fan-out measurement.
+    pub fanout: usize,
 }
 
-/// Where the pipeline variants start in the results: after the two raw receives.
-const PIPELINES: usize = 2;
+/// What one timed run measured.
+#[derive(Debug, Clone, Copy, Default)]
+struct Run {
+    rate: f64,
+    /// Host CPU time (user + system) per message, in microseconds.
+    cpu_us: f64,
+    /// Host allocations per message.
+    allocs: f64,
+}
 
-/// One variant's rates over the rounds, in messages per second.
-#[derive(Debug, Clone)]
-pub struct Measured {
-    pub name: String,
-    pub rates: Vec<f64>,
+/// One variant's runs over the rounds.
+#[derive(Debug, Clone, Default)]
+struct Measured {
+    name: String,
+    runs: Vec<Run>,
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(0.0)
 }
 
 impl Measured {
-    pub fn median(&self) -> f64 {
-        let mut r = self.rates.clone();
-        r.sort_by(f64::total_cmp);
-        r.get(r.len() / 2).copied().unwrap_or(0.0)
+    fn new(name: impl Into<String>) -> Measured {
+        Measured {
+            name: name.into(),
+            runs: Vec::new(),
+        }
+    }
+    fn rate(&self) -> f64 {
+        median(self.runs.iter().map(|r| r.rate).collect())
+    }
+    fn cpu_us(&self) -> f64 {
+        median(self.runs.iter().map(|r| r.cpu_us).collect())
+    }
+    fn allocs(&self) -> f64 {
+        median(self.runs.iter().map(|r| r.allocs).collect())
     }
 }
 
-fn messages(count: u64) -> Vec<ZmqMessage> {
-    let sent_at = crate::clock::unix_secs();
-    (0..count)
-        .map(|i| ZmqMessage::from(generated_message(i, sent_at)))
-        .collect()
+/// The process's CPU time so far (user + system).
+fn cpu_time() -> Duration {
+    // SAFETY: getrusage(2) writes into the struct it is given.
+    let usage = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_SELF, &mut usage);
+        usage
+    };
+    let tv = |t: libc::timeval| {
+        Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64)
+    };
+    tv(usage.ru_utime) + tv(usage.ru_stime)
 }
 
-/// Sends pre-built messages as fast as the peer takes them.
-async fn push_all(endpoint: String, messages: Vec<ZmqMessage>) -> anyhow::Result<()> {
-    let mut push = zeromq::PushSocket::new();
-    push.connect(&endpoint)
-        .await
-        .with_context(|| format!("connect to {endpoint}"))?;
-    for m in messages {
-        push.send(m).await.context("send")?;
+/// The machine's CPU model, to name next to the figures.
+pub fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".into())
+}
+
+/// A `host publish` process sending `count` messages to `endpoint` (at `rate` per second).
+struct Sender(Child);
+
+impl Sender {
+    fn start(endpoint: &str, count: u64, rate: Option<u64>) -> anyhow::Result<Sender> {
+        let exe = std::env::current_exe().context("cannot find the host binary")?;
+        let mut cmd = Command::new(exe);
+        cmd.args(["publish", "--to", endpoint, "--count", &count.to_string()])
+            .env("RUST_LOG", "error")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        if let Some(rate) = rate {
+            cmd.args(["--rate", &rate.to_string()]);
+        }
+        Ok(Sender(cmd.spawn().context("cannot start `host publish`")?))
     }
-    // Keep the socket open until the receiver has everything; the caller aborts us.
-    std::future::pending::<()>().await;
-    Ok(())
+
+    /// Fails if the sender ended with an error before everything was received.
+    fn check(&mut self) -> anyhow::Result<()> {
+        match self.0.try_wait()? {
+            Some(status) if !status.success() => bail!("the sender failed: {status}"),
+            _ => Ok(()),
+        }
+    }
 }
 
-async fn raw_receive(count: u64) -> anyhow::Result<f64> {
-    let msgs = messages(count);
+impl Drop for Sender {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Measures from the first message received until `done` says all are in.
+async fn timed(
+    sender: &mut Sender,
+    received: impl Fn() -> u64,
+    done: impl Fn() -> bool,
+) -> anyhow::Result<(Duration, Duration, u64)> {
+    let give_up = Instant::now() + Duration::from_secs(120);
+    while received() == 0 {
+        sender.check()?;
+        if Instant::now() > give_up {
+            bail!("nothing was received");
+        }
+        tokio::time::sleep(Duration::from_micros(200)).await;
+    }
+    let (start, cpu0) = (Instant::now(), cpu_time());
+    crate::alloc::start_counting();
+    let allocs0 = crate::alloc::allocations();
+    while !done() {
+        sender.check()?;
+        if Instant::now() > give_up {
+            bail!("not everything arrived within 120 s");
+        }
+        tokio::time::sleep(Duration::from_micros(500)).await;
+    }
+    let allocs = crate::alloc::allocations() - allocs0;
+    crate::alloc::stop_counting();
+    Ok((start.elapsed(), cpu_time() - cpu0, allocs))
+}
+
+fn run_of(count: u64, (elapsed, cpu, allocs): (Duration, Duration, u64)) -> Run {
+    let n = count as f64;
+    Run {
+        rate: n / elapsed.as_secs_f64(),
+        cpu_us: cpu.as_secs_f64() * 1e6 / n,
+        allocs: allocs as f64 / n,
+    }
+}
+
+/// A bare `zeromq` PULL socket receiving.
+async fn raw_zeromq(count: u64) -> anyhow::Result<Run> {
     let mut pull = zeromq::PullSocket::new();
     let endpoint = pull.bind("tcp://127.0.0.1:0").await?.to_string();
-    let start = Instant::now();
-    let publisher = tokio::spawn(push_all(endpoint, msgs));
-    for _ in 0..count {
-        pull.recv().await.context("raw receive")?;
-    }
-    let elapsed = start.elapsed();
-    publisher.abort();
-    Ok(count as f64 / elapsed.as_secs_f64())
+    let mut sender = Sender::start(&endpoint, count, None)?;
+    let received = Arc::new(AtomicU64::new(0));
+    let counter = received.clone();
+    let reader = tokio::spawn(async move {
+        for _ in 0..count {
+            if pull.recv().await.is_err() {
+                break;
+            }
+            counter.fetch_add(1, Relaxed);
+        }
+    });
+    let times = timed(
+        &mut sender,
+        || received.load(Relaxed),
+        || received.load(Relaxed) >= count,
+    )
+    .await;
+    reader.abort();
+    Ok(run_of(count, times?))
 }
 
 /// Counts whole messages, for the host's own receive side measured alone.
@@ -99,8 +218,7 @@ impl Sink for Counting {
 }
 
 /// The host's own ZMTP receive side (what the pipeline's source runs), with no decoding.
-async fn host_receive(count: u64) -> anyhow::Result<f64> {
-    let msgs = messages(count);
+async fn raw_host(count: u64) -> anyhow::Result<Run> {
     let text = "tcp://127.0.0.1:0";
     let listener = Listener::bind(&Endpoint::parse(text)?, text).await?;
     let endpoint = listener.endpoint();
@@ -109,7 +227,7 @@ async fn host_receive(count: u64) -> anyhow::Result<f64> {
     let limits = Limits {
         max_message_bytes: 1 << 20,
         max_connections: 16,
-        handshake_timeout: std::time::Duration::from_secs(10),
+        handshake_timeout: Duration::from_secs(10),
     };
     let counter = received.clone();
     let reader = tokio::spawn(zmtp::run_bound(
@@ -121,26 +239,26 @@ async fn host_receive(count: u64) -> anyhow::Result<f64> {
         move || Counting(counter.clone()),
         stop,
     ));
-    let start = Instant::now();
-    let publisher = tokio::spawn(push_all(endpoint, msgs));
-    while received.load(Relaxed) < count {
-        if publisher.is_finished() {
-            publisher.await??;
-            bail!("publisher stopped early");
-        }
-        tokio::time::sleep(std::time::Duration::from_micros(500)).await;
-    }
-    let elapsed = start.elapsed();
-    publisher.abort();
+    let mut sender = Sender::start(&endpoint, count, None)?;
+    let times = timed(
+        &mut sender,
+        || received.load(Relaxed),
+        || received.load(Relaxed) >= count,
+    )
+    .await;
     let _ = stop_tx.send(true);
     let _ = reader.await;
-    Ok(count as f64 / elapsed.as_secs_f64())
+    Ok(run_of(count, times?))
 }
 
-async fn pipeline_run(opts: &BenchOptions, mode: MonitoringMode) -> anyhow::Result<f64> {
-    let mut cfg = PipelineConfig::load(&opts.pipeline)?;
-    cfg.monitoring.mode = mode;
-    // One source, bound to a free port: the benchmark publishes to it.
+/// Runs `cfg` on `count` messages (offered at `rate`, or as fast as they go); returns the
+/// run and the ingest-to-delivery latency over every delivering stage.
+async fn pipeline(
+    mut cfg: PipelineConfig,
+    count: u64,
+    rate: Option<u64>,
+) -> anyhow::Result<(Run, LatencySummary)> {
+    // One source, bound to a free port: the benchmark sends to it.
     let Some((_, source)) = cfg.sources.first_mut() else {
         bail!("the pipeline has no source");
     };
@@ -152,110 +270,154 @@ async fn pipeline_run(opts: &BenchOptions, mode: MonitoringMode) -> anyhow::Resu
     let topology = build_topology(cfg, &registry)?;
     let running = topology.start().await?;
     let endpoint = running.endpoints[0].1.clone();
-    let msgs = messages(opts.count);
-    let start = Instant::now();
-    let publisher = tokio::spawn(push_all(endpoint, msgs));
     let counters = running.monitor.pipeline.clone();
-    loop {
-        let t = counters.totals();
-        if t.received >= opts.count && t.in_flight == 0 {
-            break;
-        }
-        if publisher.is_finished() {
-            // push_all only returns on error.
-            publisher.await??;
-            bail!("publisher stopped early");
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
-    }
-    let elapsed = start.elapsed();
-    publisher.abort();
+    let mut sender = Sender::start(&endpoint, count, rate)?;
+    let times = timed(
+        &mut sender,
+        || counters.totals().received,
+        || {
+            let t = counters.totals();
+            t.received >= count && t.in_flight == 0
+        },
+    )
+    .await;
+    drop(sender);
+    let latency = running.monitor.end_to_end();
     let snapshot = running.shutdown().await;
-    if snapshot.pipeline.received != opts.count {
+    let times = times?;
+    if snapshot.pipeline.received != count {
         bail!(
-            "pipeline received {} of {} messages",
-            snapshot.pipeline.received,
-            opts.count
+            "the pipeline received {} of {count} messages",
+            snapshot.pipeline.received
         );
     }
-    Ok(opts.count as f64 / elapsed.as_secs_f64())
+    Ok((run_of(count, times), latency))
+}
+
+fn load(path: &Path, mode: MonitoringMode) -> anyhow::Result<PipelineConfig> {
+    let mut cfg = PipelineConfig::load(path)?;
+    cfg.monitoring.mode = mode;
+    Ok(cfg)
+}
+
+/// One source fanned out to `n` `null` exporters.
+fn fanout_config(n: usize) -> anyhow::Result<PipelineConfig> {
+    let mut text = String::from(
+        "sources:\n  in: { type: zmq, socket: pull, bind: \"tcp://127.0.0.1:0\" }\nstages:\n",
+    );
+    for i in 0..n {
+        text.push_str(&format!("  out{i}: {{ plugin: \"null\", inputs: [in] }}\n"));
+    }
+    text.push_str("monitoring: { mode: direct, admin: { listen: null } }\n");
+    Ok(PipelineConfig::parse(
+        Path::new("<fan-out>"),
+        &text,
+        |_| None,
+    )?)
 }
 
 /// Runs the benchmark and prints the table.
-pub async fn run(opts: BenchOptions) -> anyhow::Result<Vec<Measured>> {
-    let out_dir = tempfile_dir()?;
+pub async fn run(opts: BenchOptions) -> anyhow::Result<()> {
+    let out_dir = std::env::temp_dir().join(format!("host-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&out_dir)?;
     // The default pipeline writes under ${OUT_DIR:-out}; keep benchmark output out of it.
     std::env::set_var("OUT_DIR", &out_dir);
-    let mut results = vec![
-        Measured {
-            name: "raw zeromq PULL".into(),
-            rates: vec![],
-        },
-        Measured {
-            name: "raw host ZMTP receive".into(),
-            rates: vec![],
-        },
-    ];
-    for mode in &opts.modes {
-        results.push(Measured {
-            name: format!("pipeline, monitoring {}", mode.as_str()),
-            rates: vec![],
-        });
+    if !crate::alloc::counting_installed() {
+        eprintln!("note: this binary does not count allocations (allocs/msg shows 0)");
     }
+    let mut raw_z = Measured::new("raw zeromq PULL");
+    let mut raw_h = Measured::new("raw host ZMTP receive");
+    let mut modes: Vec<Measured> = opts
+        .modes
+        .iter()
+        .map(|m| Measured::new(format!("pipeline, monitoring {}", m.as_str())))
+        .collect();
+    let mut fan_one = Measured::new("fan-out to 1 null exporter");
+    let mut fan_n = Measured::new(format!("fan-out to {} null exporters", opts.fanout));
+    let mut latencies = Vec::new();
     for round in 0..opts.rounds {
-        results[0].rates.push(raw_receive(opts.count).await?);
-        results[1].rates.push(host_receive(opts.count).await?);
+        raw_z.runs.push(raw_zeromq(opts.count).await?);
+        raw_h.runs.push(raw_host(opts.count).await?);
         for (i, mode) in opts.modes.iter().enumerate() {
-            results[i + PIPELINES]
-                .rates
-                .push(pipeline_run(&opts, *mode).await?);
+            let cfg = load(&opts.pipeline, *mode)?;
+            modes[i].runs.push(pipeline(cfg, opts.count, None).await?.0);
             let _ = std::fs::remove_dir_all(&out_dir);
         }
+        fan_one
+            .runs
+            .push(pipeline(fanout_config(1)?, opts.count, None).await?.0);
+        fan_n.runs.push(
+            pipeline(fanout_config(opts.fanout)?, opts.count, None)
+                .await?
+                .0,
+        );
+        // About a second of traffic at the offered rate.
+        let cfg = load(&opts.pipeline, MonitoringMode::Direct)?;
+        let paced = opts.latency_rate.max(1000);
+        let (run, latency) = pipeline(cfg, paced, Some(paced)).await?;
+        latencies.push((run, latency));
+        let _ = std::fs::remove_dir_all(&out_dir);
         eprintln!("round {}/{} done", round + 1, opts.rounds);
     }
-    let raw = results[0].median();
+
     println!(
-        "{} messages of ~{} bytes, median of {} round(s), pipeline {}",
+        "{} messages of ~{} bytes, median of {} round(s), pipeline {}, CPU: {}",
         opts.count,
         generated_message(0, 0.0).len(),
         opts.rounds,
-        opts.pipeline.display()
+        opts.pipeline.display(),
+        cpu_model()
     );
-    println!("{:<36} {:>14} {:>10}", "variant", "msg/s", "vs raw");
-    for m in &results {
+    let raw = raw_h.rate();
+    println!(
+        "{:<40} {:>12} {:>9} {:>11} {:>11}",
+        "variant", "msg/s", "vs raw", "cpu us/msg", "allocs/msg"
+    );
+    for m in std::iter::once(&raw_z)
+        .chain(std::iter::once(&raw_h))
+        .chain(&modes)
+        .chain([&fan_one, &fan_n])
+    {
         println!(
-            "{:<36} {:>14.0} {:>10.3}",
+            "{:<40} {:>12.0} {:>9.3} {:>11.3} {:>11.2}",
             m.name,
-            m.median(),
-            m.median() / raw
+            m.rate(),
+            m.rate() / raw,
+            m.cpu_us(),
+            m.allocs()
         );
     }
-    let disabled = opts
+    println!(
+        "ratio host ZMTP receive / zeromq PULL: {:.3}",
+        raw_h.rate() / raw_z.rate()
+    );
+    if let Some(disabled) = opts
         .modes
         .iter()
         .position(|m| *m == MonitoringMode::Disabled)
-        .map(|i| results[i + PIPELINES].median());
-    if let Some(base) = disabled {
+    {
         for (i, mode) in opts.modes.iter().enumerate() {
             if *mode != MonitoringMode::Disabled {
                 println!(
                     "ratio {} / disabled: {:.3}",
                     mode.as_str(),
-                    results[i + PIPELINES].median() / base
+                    modes[i].rate() / modes[disabled].rate()
                 );
             }
         }
     }
     println!(
-        "ratio host ZMTP receive / zeromq PULL: {:.3}",
-        results[1].median() / raw
+        "ratio fan-out {} / 1: {:.3}",
+        opts.fanout,
+        fan_n.rate() / fan_one.rate()
     );
+    latencies.sort_by(|a, b| a.1.p99.total_cmp(&b.1.p99));
+    if let Some((run, latency)) = latencies.get(latencies.len() / 2) {
+        println!(
+            "ingest -> delivery at {} msg/s offered (pipeline direct, took {:.0} msg/s): p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms",
+            opts.latency_rate, run.rate, latency.p50, latency.p99, latency.max
+        );
+    }
     let _ = std::fs::remove_dir_all(&out_dir);
-    Ok(results)
-}
-
-fn tempfile_dir() -> anyhow::Result<PathBuf> {
-    let dir = std::env::temp_dir().join(format!("host-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    Ok(dir)
+    Ok(())
 }

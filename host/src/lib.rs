@@ -7,6 +7,7 @@
 
 pub mod accounting;
 pub mod admin;
+pub mod alloc;
 pub mod bench;
 pub mod clock;
 pub mod config;

@@ -18,8 +18,10 @@ use tracing_subscriber::EnvFilter;
 // allocations, freed on another thread. mimalloc's per-thread heaps make that cheap. (Each
 // plugin library keeps its own allocator; abi_stable's types free through the allocator
 // that made them.)
+// Counting is off unless `host bench` turns it on (one relaxed load per allocation).
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: host::alloc::Counting<mimalloc::MiMalloc> =
+    host::alloc::Counting(mimalloc::MiMalloc);
 
 /// Runs YAML pipelines of dynamically loaded stages over ZeroMQ.
 #[derive(Parser)]
@@ -79,9 +81,15 @@ enum Command {
         /// Monitoring modes to measure the pipeline in.
         #[arg(long, value_delimiter = ',', default_value = "direct")]
         modes: Vec<Mode>,
-        /// Rounds; each prints the median.
+        /// Rounds; the table shows each variant's median.
         #[arg(long, default_value_t = 3)]
         rounds: usize,
+        /// Messages per second offered to the pipeline for the latency measurement.
+        #[arg(long, default_value_t = 400_000)]
+        latency_rate: u64,
+        /// Exporters in the fan-out measurement (against one).
+        #[arg(long, default_value_t = 8)]
+        fanout: usize,
     },
 }
 
@@ -132,6 +140,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         .thread_name("host-rt")
         .build()
         .context("cannot start the async runtime")?;
+    let result = run_on(&runtime, cli);
+    // Dropping a runtime waits for its blocking threads without limit; a thread stuck in a
+    // plugin must not keep the process from exiting once its work is done.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    result
+}
+
+fn run_on(runtime: &tokio::runtime::Runtime, cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         None => {
             let Some(pipeline) = cli.pipeline else {
@@ -168,12 +184,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             count,
             modes,
             rounds,
+            latency_rate,
+            fanout,
         }) => {
             let opts = BenchOptions {
                 pipeline,
                 count,
                 modes: modes.into_iter().map(Into::into).collect(),
                 rounds: rounds.max(1),
+                latency_rate,
+                fanout: fanout.max(2),
             };
             runtime.block_on(bench::run(opts))?;
             Ok(ExitCode::SUCCESS)

@@ -109,9 +109,11 @@ pub async fn publish(opts: &Publish) -> Result<(), PublishError> {
     } else {
         ProgressBar::hidden()
     };
-    // Rate limiting works in 10 ms ticks: each tick sends that tick's share.
-    let per_tick = opts.rate.map(|r| (r / 100).max(1));
-    let mut ticker = tokio::time::interval(Duration::from_millis(10));
+    // Rate limiting works in 1 ms ticks: each tick sends that tick's share, so a paced
+    // stream comes in small bursts (latency measurements depend on it).
+    let per_tick = opts.rate.map(|r| (r / 1000).max(1));
+    let mut ticker = tokio::time::interval(Duration::from_millis(1));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     let mut i = 0;
     while i < opts.count {
         let chunk = match per_tick {

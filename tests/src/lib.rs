@@ -119,7 +119,14 @@ pub fn isolated_fixture_lib(name: &str) -> PathBuf {
         let workspace = workspace_dir();
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         let output = Command::new(cargo)
-            .args(["build", "--release", "--locked", "-p", name, "--manifest-path"])
+            .args([
+                "build",
+                "--release",
+                "--locked",
+                "-p",
+                name,
+                "--manifest-path",
+            ])
             .arg(workspace.join("tests/fixtures/Cargo.toml"))
             .arg("--target-dir")
             .arg(workspace.join("target/fixtures"))

@@ -205,6 +205,15 @@ impl Monitor {
         snapshot
     }
 
+    /// Ingest-to-delivery latency over every delivering stage, merged.
+    pub fn end_to_end(&self) -> LatencySummary {
+        let mut all = latency_histogram();
+        for s in &self.stages {
+            let _ = all.add(s.end_to_end());
+        }
+        LatencySummary::of(&all)
+    }
+
     /// Logs per-stage and pipeline totals (at shutdown and on SIGUSR1).
     pub fn log_totals(&self, reason: &str) {
         let snap = self.snapshot();

@@ -297,6 +297,11 @@ impl StageStats {
         }
     }
 
+    /// Ingest-to-delivery latencies recorded so far (empty for stages that do not deliver).
+    pub fn end_to_end(&self) -> Histogram<u64> {
+        lock(&self.state).e2e.clone()
+    }
+
     /// Cumulative values since start.
     pub fn snapshot(&self, uptime: Duration) -> StageSnapshot {
         let s = lock(&self.state);

@@ -588,8 +588,16 @@ impl RunningPipeline {
         // Whatever a stage's own threads still hold (a stage that did not stop) is settled now.
         self.monitor.pipeline.settle_all(DRAIN_TIMEOUT);
         if let Some(observer) = self.observer {
-            let joined = tokio::task::spawn_blocking(move || observer.join());
-            let _ = tokio::time::timeout(Duration::from_secs(5), joined).await;
+            // Polled, not joined on a blocking thread: a runtime waits for its blocking
+            // threads when it is dropped, and an observer stuck in a call would hold the
+            // process with it.
+            let give_up = tokio::time::Instant::now() + Duration::from_secs(5);
+            while !observer.is_finished() && tokio::time::Instant::now() < give_up {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            if observer.is_finished() {
+                let _ = observer.join();
+            }
         }
         if let Some(bus) = &self.bus {
             publish_lifecycle(
