@@ -332,16 +332,11 @@ impl Ticket {
     }
 
     /// Hands `records` (those this ticket settles) back to the host, which calls the stage
-    /// with them again after `after`.
+    /// with them again after `after`. Records of the ticket missing from `records` fail as
+    /// `unsettled`; records that are not the ticket's are ignored.
     pub fn retry(mut self, records: Vec<Record>, after: Duration) {
         let after_ms = u64::try_from(after.as_millis()).unwrap_or(u64::MAX);
         let parts = std::mem::take(&mut self.parts);
-        if let [only] = &parts[..] {
-            if let Some(ack) = &only.ack {
-                ack.retry(records.into(), after_ms);
-            }
-            return;
-        }
         let part_of: HashMap<u64, usize> = parts
             .iter()
             .enumerate()
@@ -354,11 +349,31 @@ impl Ticket {
             }
         }
         for (p, records) in parts.iter().zip(split) {
-            if let Some(ack) = &p.ack {
+            let Some(ack) = &p.ack else { continue };
+            let handed_back: std::collections::HashSet<u64> =
+                records.iter().map(Record::id).collect();
+            let missing: Vec<u64> = p
+                .ids
+                .iter()
+                .copied()
+                .filter(|id| !handed_back.contains(id))
+                .collect();
+            if !missing.is_empty() {
+                ack.failed(RSlice::from_slice(&missing), &unsettled());
+            }
+            if !records.is_empty() {
                 ack.retry(records, after_ms);
             }
         }
     }
+}
+
+/// What records a stage took and never settled fail as.
+fn unsettled() -> StageError {
+    StageError::new(
+        "unsettled",
+        "the stage dropped records it had taken for later without settling them",
+    )
 }
 
 impl Drop for Ticket {
@@ -370,10 +385,7 @@ impl Drop for Ticket {
         {
             return;
         }
-        let error = StageError::new(
-            "unsettled",
-            "the stage dropped records it had taken for later without settling them",
-        );
+        let error = unsettled();
         for p in self.parts.drain(..) {
             if let (Some(ack), false) = (&p.ack, p.ids.is_empty()) {
                 ack.failed(RSlice::from_slice(&p.ids), &error);

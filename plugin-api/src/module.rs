@@ -44,6 +44,11 @@ pub trait FfiStage: Send {
 
     fn health(&mut self) -> HealthReport;
 
+    /// Whether the stage can take a batch now. The worker asks before each batch and, while
+    /// the answer is no, leaves the batch in the queue (back-pressure upstream) and asks again
+    /// shortly: a stage never has to block inside a call to slow the pipeline down.
+    fn ready(&mut self) -> bool;
+
     /// Called once after the stage is built, then whenever the interval it returned last has
     /// passed: the next interval in milliseconds, or 0 for no more ticks.
     #[sabi(last_prefix_field)]

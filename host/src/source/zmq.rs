@@ -18,7 +18,7 @@ use super::{
     DecodeError,
 };
 use crate::{
-    accounting::{Envelope, PipelineCounters},
+    accounting::{Envelope, PipelineCounters, DRAIN_TIMEOUT},
     config::{Decode, SocketKind, SourceConfig},
 };
 
@@ -79,12 +79,16 @@ impl ZmqSource {
 
     /// Reads until `stop` turns true, then sends what it has and returns. Dropping the
     /// output senders on return is what lets the stages drain and finish.
+    ///
+    /// `give_up` turns true when a shutdown's drain timeout ends: a batch still waiting then
+    /// (for room in flight, or in a queue) fails as `drain_timeout` instead of waiting on.
     pub async fn run(
         self,
         outputs: Vec<mpsc::Sender<Envelope>>,
         counters: Arc<PipelineCounters>,
         next_id: Arc<AtomicU64>,
         stop: watch::Receiver<bool>,
+        give_up: watch::Receiver<bool>,
     ) {
         let cfg = &self.config;
         let role = match cfg.socket {
@@ -111,6 +115,7 @@ impl ZmqSource {
             outputs: outputs.clone(),
             counters: counters.clone(),
             next_id: next_id.clone(),
+            give_up: give_up.clone(),
         };
         match self.socket {
             Socket::Bound(listener) => {
@@ -153,6 +158,7 @@ struct BatchSink {
     outputs: Arc<[mpsc::Sender<Envelope>]>,
     counters: Arc<PipelineCounters>,
     next_id: Arc<AtomicU64>,
+    give_up: watch::Receiver<bool>,
 }
 
 impl Sink for BatchSink {
@@ -183,29 +189,60 @@ impl Sink for BatchSink {
             return;
         }
         let records = std::mem::take(&mut self.batch);
-        send_batch(records, &self.outputs, &self.counters, &self.next_id).await;
+        send_batch(
+            records,
+            &self.outputs,
+            &self.counters,
+            &self.next_id,
+            &mut self.give_up,
+        )
+        .await;
     }
 }
 
 /// Admits a batch (ids, lineage; waiting while the pipeline holds `runtime.max_in_flight`
-/// messages) and sends it to every consumer.
+/// messages) and sends it to every consumer. If `give_up` turns true first (the end of a
+/// shutdown's drain timeout), the batch fails as `drain_timeout`: received and counted, not
+/// lost.
 pub async fn send_batch(
     mut records: RVec<Record>,
     outputs: &[mpsc::Sender<Envelope>],
     counters: &Arc<PipelineCounters>,
     next_id: &AtomicU64,
+    give_up: &mut watch::Receiver<bool>,
 ) {
     let first_id = next_id.fetch_add(records.len() as u64, Relaxed);
     for (i, r) in records.iter_mut().enumerate() {
         let (size, at) = (r.size_bytes(), r.received_at_ns());
         r.set_origin(first_id + i as u64, size, at);
     }
-    let lineage = counters.admit(first_id, records.len()).await;
+    let lineage = tokio::select! {
+        lineage = counters.admit(first_id, records.len()) => lineage,
+        () = gave_up(give_up) => {
+            counters.reject(DRAIN_TIMEOUT, records.len() as u64);
+            return;
+        }
+    };
     // A source nobody reads delivers its messages nowhere: they settle as filtered.
     let envelopes = Envelope { records, lineage }.fan_out(outputs.len());
     for (tx, envelope) in outputs.iter().zip(envelopes) {
-        if let Err(mpsc::error::SendError(lost)) = tx.send(envelope).await {
-            lost.fail_all("pipeline_closed");
+        let sent = tokio::select! {
+            sent = tx.reserve() => sent,
+            () = gave_up(give_up) => {
+                envelope.fail_all(DRAIN_TIMEOUT);
+                continue;
+            }
+        };
+        match sent {
+            Ok(permit) => permit.send(envelope),
+            Err(_) => envelope.fail_all("pipeline_closed"),
         }
+    }
+}
+
+/// Resolves when `give_up` turns true; never, if its sender is gone without it.
+async fn gave_up(give_up: &mut watch::Receiver<bool>) {
+    if give_up.wait_for(|g| *g).await.is_err() {
+        std::future::pending::<()>().await;
     }
 }

@@ -431,6 +431,7 @@ impl Topology {
                 monitor.pipeline.clone(),
                 next_id.clone(),
                 stop_rx.clone(),
+                finish_rx.clone(),
             )));
         }
 
@@ -544,14 +545,40 @@ impl RunningPipeline {
     /// snapshot. Upstream stops first, so it drains into live consumers. What is still
     /// unsettled when the timeout ends fails as `drain_timeout`: nothing is lost silently.
     pub async fn shutdown(self) -> Snapshot {
-        let _ = self.stop.send(true);
-        for s in self.sources {
-            let _ = s.await;
-        }
-        if let Some(w) = self.windows {
-            let _ = w.await;
-        }
+        // The drain timeout counts from the signal: a source waiting for room (a dead target
+        // holding `max_in_flight` messages) must not hold it off.
         let deadline = tokio::time::Instant::now() + self.drain_timeout;
+        let mut expired = false;
+        let expire = |expired: &mut bool| {
+            if !*expired {
+                *expired = true;
+                let t = self.monitor.pipeline.totals();
+                tracing::warn!(
+                    in_flight = t.in_flight,
+                    timeout = ?self.drain_timeout,
+                    "drain timeout: what is still unsettled fails as `{DRAIN_TIMEOUT}`"
+                );
+                // Settle first, so that whatever the stages do as they stop counts once.
+                self.monitor.pipeline.settle_all(DRAIN_TIMEOUT);
+                let _ = self.finish.send(true);
+            }
+        };
+        let _ = self.stop.send(true);
+        let mut sources = self.sources;
+        for s in &mut sources {
+            if tokio::time::timeout_at(deadline, &mut *s).await.is_err() {
+                expire(&mut expired);
+                // Told to give up, it fails what it holds and returns at once.
+                let _ = s.await;
+            }
+        }
+        if let Some(mut w) = self.windows {
+            // The last window goes to `export_to` stages, whose queues may be full.
+            if tokio::time::timeout_at(deadline, &mut w).await.is_err() {
+                expire(&mut expired);
+                w.abort();
+            }
+        }
         let mut workers = self.workers;
         let all_done = |workers: &[(String, std::thread::JoinHandle<()>)]| {
             workers.iter().all(|(_, h)| h.is_finished())
@@ -560,15 +587,7 @@ impl RunningPipeline {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         if !all_done(&workers) {
-            let t = self.monitor.pipeline.totals();
-            tracing::warn!(
-                in_flight = t.in_flight,
-                timeout = ?self.drain_timeout,
-                "drain timeout: what is still unsettled fails as `{DRAIN_TIMEOUT}`"
-            );
-            // Settle first, so that whatever the stages do as they stop counts once.
-            self.monitor.pipeline.settle_all(DRAIN_TIMEOUT);
-            let _ = self.finish.send(true);
+            expire(&mut expired);
             let grace = tokio::time::Instant::now() + Duration::from_secs(5);
             while !all_done(&workers) && tokio::time::Instant::now() < grace {
                 tokio::time::sleep(Duration::from_millis(5)).await;

@@ -147,6 +147,9 @@ pub struct Worker {
     pub runtime: tokio::runtime::Handle,
 }
 
+/// How soon a stage that was not ready for a batch is asked again.
+const READY_POLL: Duration = Duration::from_millis(2);
+
 /// What wakes a waiting worker.
 enum Wake {
     Batch(Envelope),
@@ -205,10 +208,21 @@ impl Worker {
             }
             run.delayed.extend(run.retries.try_iter());
             let now = Instant::now();
-            if let Some(i) = run.delayed.iter().position(|r| r.due <= now) {
+            // A stage that cannot take a batch now (its own buffer is full) is asked again
+            // shortly; meanwhile batches wait in its queue and the pipeline slows down.
+            let ready = self.ready();
+            let due = run
+                .delayed
+                .iter()
+                .enumerate()
+                .filter(|(_, r)| r.due <= now)
+                .min_by_key(|(_, r)| r.due)
+                .map(|(i, _)| i);
+            if let (true, Some(i)) = (ready, due) {
+                // In the order they came due: records handed back keep their order.
                 let Retry {
                     records, lineage, ..
-                } = run.delayed.swap_remove(i);
+                } = run.delayed.remove(i);
                 let ids: Vec<u64> = records.iter().map(Record::id).collect();
                 self.handle(&mut run, records, lineage.clone());
                 // Pending until now, so that no drain timeout could find them neither held
@@ -222,7 +236,7 @@ impl Worker {
                 self.tick(&mut run);
                 continue;
             }
-            if input_open {
+            if input_open && ready {
                 match self.input.try_recv() {
                     Ok(Envelope { records, lineage }) => {
                         self.handle(&mut run, records, lineage);
@@ -246,7 +260,7 @@ impl Worker {
                     break;
                 }
             }
-            match self.wait(&run, input_open) {
+            match self.wait(&run, input_open, ready) {
                 Wake::Batch(Envelope { records, lineage }) => {
                     self.handle(&mut run, records, lineage)
                 }
@@ -262,16 +276,20 @@ impl Worker {
         tracing::debug!(stage = %self.name, "stage drained");
     }
 
-    /// Waits for the next thing to do: a batch, a health request, a settlement or retry, the
-    /// next tick or retry coming due, or the end of the drain timeout.
-    fn wait(&mut self, run: &Running, input_open: bool) -> Wake {
+    /// Waits for the next thing to do: a batch (when the stage is ready for one), a health
+    /// request, a settlement or retry, the next tick or retry coming due, the time to ask a
+    /// stage that was not ready again, or the end of the drain timeout.
+    fn wait(&mut self, run: &Running, input_open: bool, ready: bool) -> Wake {
+        let ask_again = (!ready).then(|| Instant::now() + READY_POLL);
         let due = run
             .delayed
             .iter()
             .map(|r| r.due)
             .chain(run.next_tick)
+            .chain(ask_again)
             .min()
             .map(tokio::time::Instant::from_std);
+        let input_open = input_open && ready;
         let (input, probe, acks, finish) =
             (&mut self.input, &self.probe, &run.acks, &mut self.finish);
         self.runtime.block_on(async {
@@ -295,6 +313,11 @@ impl Worker {
                 } => Wake::Timer,
             }
         })
+    }
+
+    fn ready(&mut self) -> bool {
+        let stage = &mut self.stage;
+        self.probe.call(|| stage.ready())
     }
 
     fn answer_health(&mut self) {

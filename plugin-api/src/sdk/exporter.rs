@@ -71,7 +71,7 @@ pub struct SendingConfig {
     #[serde(with = "humantime_serde")]
     pub max_delay: Duration,
     /// Records queued (taken, not yet sent) before the stage stops taking more (and the
-    /// pipeline slows down behind it).
+    /// pipeline slows down behind it); the queue may pass it by one batch.
     pub queue_size: usize,
     pub retry: RetryConfig,
 }
@@ -231,23 +231,20 @@ impl<E: Exporter> Stage for Queued<E> {
         })
     }
 
+    /// Not while the queue is full: the host then leaves batches in the stage's input queue,
+    /// and the pipeline slows down behind it (nothing is dropped).
+    fn ready(&mut self) -> bool {
+        self.shared.lock().queued_records < self.sending.queue_size
+    }
+
     fn process(&mut self, batch: &mut Batch) -> Result<(), StageError> {
         let deferred = batch.defer_all();
         if deferred.is_empty() {
             return Ok(());
         }
+        // Never waits: `ready` keeps the queue from growing past `queue_size` by more than the
+        // one batch it last let in.
         let mut state = self.shared.lock();
-        // A full queue holds the worker here: the pipeline slows down, nothing is dropped.
-        while state.queued_records > 0
-            && state.queued_records + deferred.len() > self.sending.queue_size
-            && !state.stop
-        {
-            state = self
-                .shared
-                .changed
-                .wait(state)
-                .unwrap_or_else(|e| e.into_inner());
-        }
         state.queued_records += deferred.len();
         state.queue.push_back(deferred);
         self.shared.changed.notify_all();

@@ -75,6 +75,14 @@ pub trait Stage: Sized + Send + 'static {
         HealthReport::healthy()
     }
 
+    /// Whether the stage can take a batch now (asked before each call to `process`). While
+    /// it says no, batches wait in the stage's queue and the pipeline slows down behind it;
+    /// the host asks again every few milliseconds. A stage whose own buffer is full says no
+    /// here instead of blocking in `process`, so that it stays responsive (health, shutdown).
+    fn ready(&mut self) -> bool {
+        true
+    }
+
     /// Called once right after `build`, then whenever the interval it returned last has
     /// passed (between calls to `process`): for stages that batch by time without a thread.
     /// Returns the next interval; `None` for no (more) ticks.
@@ -284,6 +292,11 @@ impl<S: Stage> FfiStage for Guarded<S> {
                 format!("health check panicked: {}", panic_message(&*payload)),
             )
         })
+    }
+
+    fn ready(&mut self) -> bool {
+        // A stage whose readiness check panics is taken as ready: `process` will report it.
+        self.call(S::ready).unwrap_or(true)
     }
 
     fn tick(&mut self) -> u64 {

@@ -467,6 +467,13 @@ pub async fn serve<S: Sink>(
             write(&mut stream, &replies, limits).await?;
             replies.clear();
         }
+        // Stopping: every whole message read so far is handed on; what is still in the
+        // kernel's buffers was never accepted. (Checked here, not only when the socket has
+        // nothing ready: a peer with a backlog would otherwise keep the source reading.)
+        if *stop.borrow() {
+            sink.flush().await;
+            return Ok(());
+        }
         match stream.try_read(buf.space()) {
             Ok(0) => {
                 sink.flush().await;
