@@ -15,9 +15,11 @@ use std::{cell::Cell, fmt};
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 
+use abi_stable::std_types::RVec;
+
 use crate::{
-    record::{Record, TraceContext},
-    value::{Map, Str, Value},
+    record::{Entry, Record, TapeBuilder, TraceContext},
+    value::{Map, Value},
 };
 
 /// Why a JSON text is not a record. Each kind is its own error type in the host's counts.
@@ -70,140 +72,211 @@ impl Policy {
         self.error.set(Some(kind));
         E::custom(message)
     }
+
+    fn integer<E: de::Error>(&self, v: u64) -> Result<i64, E> {
+        i64::try_from(v).map_err(|_| {
+            self.fail(
+                JsonError::NumberOutOfRange,
+                format_args!("integer {v} is outside i64"),
+            )
+        })
+    }
+
+    /// serde_json hands an integer literal that overflows u64 or i64 over as a float. Only a
+    /// float this large can be one; the text is checked for it after the parse.
+    fn float(&self, v: f64) {
+        if v.fract() == 0.0 && (v >= I64_BOUND || v <= -I64_BOUND) {
+            self.float_beyond_i64.set(true);
+        }
+    }
+
+    fn duplicate<E: de::Error>(&self, key: &str) -> E {
+        self.fail(
+            JsonError::DuplicateKey,
+            format_args!("duplicate key `{key}`"),
+        )
+    }
 }
 
 /// 2^63: integers at or beyond it (or at or below its negative) do not fit `i64`.
 const I64_BOUND: f64 = 9_223_372_036_854_775_808.0;
 
-struct ValueSeed<'p>(&'p Policy);
-
-impl<'de> DeserializeSeed<'de> for ValueSeed<'_> {
-    type Value = Value;
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
-        d.deserialize_any(self)
-    }
-}
-
-impl<'de> Visitor<'de> for ValueSeed<'_> {
-    type Value = Value;
-
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("any JSON value")
-    }
-    fn visit_unit<E>(self) -> Result<Value, E> {
-        Ok(Value::null())
-    }
-    fn visit_none<E>(self) -> Result<Value, E> {
-        Ok(Value::null())
-    }
-    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
-        d.deserialize_any(self)
-    }
-    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
-        Ok(Value::from(v))
-    }
-    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
-        Ok(Value::from(v))
-    }
-    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Value, E> {
-        match i64::try_from(v) {
-            Ok(i) => Ok(Value::from(i)),
-            Err(_) => Err(self.0.fail(
-                JsonError::NumberOutOfRange,
-                format_args!("integer {v} is outside i64"),
-            )),
-        }
-    }
-    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
-        // serde_json hands an integer literal that overflows u64 or i64 over as a float. Only
-        // a float this large can be one; the text is checked for it after the parse.
-        if v.fract() == 0.0 && (v >= I64_BOUND || v <= -I64_BOUND) {
-            self.0.float_beyond_i64.set(true);
-        }
-        Ok(Value::from(v))
-    }
-    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
-        Ok(Value::from(Str::new(v)))
-    }
-    fn visit_bytes<E>(self, v: &[u8]) -> Result<Value, E> {
-        Ok(Value::bytes(v.to_vec()))
-    }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
-        let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1024));
-        while let Some(v) = seq.next_element_seed(ValueSeed(self.0))? {
-            items.push(v);
-        }
-        Ok(Value::list(items))
-    }
-    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Value, A::Error> {
-        let mut fields = Map::new();
-        visit_fields(map, self.0, &mut fields, &mut None)?;
-        Ok(Value::map(fields))
-    }
-}
-
 /// Maps this small are checked for duplicate keys by comparing each key with those before
 /// it; larger ones by sorting their keys once (a map of n keys costs n log n, not n^2).
 const LINEAR_DUPLICATE_CHECK: usize = 16;
 
-/// Reads an object's fields into `fields`. At the top level of a record, `traceparent` is
-/// also read into `trace`.
-fn visit_fields<'de, A: MapAccess<'de>>(
-    mut map: A,
-    policy: &Policy,
-    fields: &mut Map,
-    trace: &mut Option<Option<TraceContext>>,
-) -> Result<(), A::Error> {
-    fields.reserve(map.size_hint().unwrap_or(8).min(64));
-    while let Some(key) = map.next_key_seed(KeySeed)? {
-        if fields.len() < LINEAR_DUPLICATE_CHECK && fields.contains_key(&key) {
-            return Err(policy.fail(
-                JsonError::DuplicateKey,
-                format_args!("duplicate key `{}`", key.as_str()),
-            ));
-        }
-        let value = map.next_value_seed(ValueSeed(policy))?;
-        if let Some(trace) = trace {
-            if key.as_str() == "traceparent" {
-                *trace = value.as_str().and_then(TraceContext::from_traceparent);
-            }
-        }
-        fields.push_unchecked(key, value);
-    }
-    if fields.len() > LINEAR_DUPLICATE_CHECK {
-        let mut keys: Vec<&str> = fields.iter().map(|(k, _)| k).collect();
-        keys.sort_unstable();
-        if let Some(pair) = keys.windows(2).find(|w| w[0] == w[1]) {
-            return Err(policy.fail(
-                JsonError::DuplicateKey,
-                format_args!("duplicate key `{}`", pair[0]),
-            ));
-        }
-    }
-    Ok(())
+// ---- JSON into a record's table, in one pass ----
+
+/// One value into the table, under `key`.
+struct TapeSeed<'s, 'b> {
+    b: &'s mut TapeBuilder<'b>,
+    policy: &'s Policy,
+    key: (u32, u32),
 }
 
-/// A map key, straight into a [`Str`] (inline when short: no allocation).
-struct KeySeed;
+impl<'de> DeserializeSeed<'de> for TapeSeed<'_, '_> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
 
-impl<'de> DeserializeSeed<'de> for KeySeed {
-    type Value = Str;
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Str, D::Error> {
+impl<'de> Visitor<'de> for TapeSeed<'_, '_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_unit<E>(self) -> Result<(), E> {
+        self.b.push(Entry::new(Entry::NULL, self.key, 0, 0));
+        Ok(())
+    }
+    fn visit_none<E>(self) -> Result<(), E> {
+        self.b.push(Entry::new(Entry::NULL, self.key, 0, 0));
+        Ok(())
+    }
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<(), E> {
+        self.b
+            .push(Entry::new(Entry::BOOL, self.key, 0, u64::from(v)));
+        Ok(())
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<(), E> {
+        self.b.push(Entry::new(Entry::INT, self.key, 0, v as u64));
+        Ok(())
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<(), E> {
+        let v = self.policy.integer(v)?;
+        self.visit_i64(v)
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<(), E> {
+        self.policy.float(v);
+        self.b
+            .push(Entry::new(Entry::FLOAT, self.key, 0, v.to_bits()));
+        Ok(())
+    }
+    fn visit_str<E>(self, v: &str) -> Result<(), E> {
+        let (off, len) = self.b.push_bytes(v.as_bytes());
+        self.b
+            .push(Entry::new(Entry::STR, self.key, len, u64::from(off)));
+        Ok(())
+    }
+    fn visit_bytes<E>(self, v: &[u8]) -> Result<(), E> {
+        let (off, len) = self.b.push_bytes(v);
+        self.b
+            .push(Entry::new(Entry::BYTES, self.key, len, u64::from(off)));
+        Ok(())
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let at = self.b.push(Entry::new(Entry::LIST, self.key, 0, 0));
+        let mut n = 0;
+        while seq
+            .next_element_seed(TapeSeed {
+                b: &mut *self.b,
+                policy: self.policy,
+                key: (0, 0),
+            })?
+            .is_some()
+        {
+            n += 1;
+        }
+        self.b.close(at, n);
+        Ok(())
+    }
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<(), A::Error> {
+        let at = self.b.push(Entry::new(Entry::MAP, self.key, 0, 0));
+        let n = tape_fields(map, self.b, self.policy, None)?;
+        self.b.close(at, n);
+        Ok(())
+    }
+}
+
+/// Reads an object's fields into the table; returns how many. At a record's top level,
+/// `trace` receives a valid `traceparent` field's context.
+fn tape_fields<'de, A: MapAccess<'de>>(
+    mut map: A,
+    b: &mut TapeBuilder<'_>,
+    policy: &Policy,
+    mut trace: Option<&mut Option<TraceContext>>,
+) -> Result<usize, A::Error> {
+    // The first keys, to check the next ones against without a pass over the table.
+    let mut first_keys = [(0u32, 0u32); LINEAR_DUPLICATE_CHECK];
+    let mut all_keys: Vec<(u32, u32)> = Vec::new();
+    let mut n = 0;
+    while let Some(key) = map.next_key_seed(KeySeed(&mut *b))? {
+        if n < LINEAR_DUPLICATE_CHECK {
+            let bytes: &[u8] = b.bytes;
+            let k = |(off, len): (u32, u32)| &bytes[off as usize..(off + len) as usize];
+            if first_keys[..n].iter().any(|&seen| k(seen) == k(key)) {
+                let key = String::from_utf8_lossy(k(key)).into_owned();
+                return Err(policy.duplicate(&key));
+            }
+            first_keys[n] = key;
+        } else {
+            if all_keys.is_empty() {
+                all_keys.extend_from_slice(&first_keys);
+            }
+            all_keys.push(key);
+        }
+        let value_at = b.entries.len();
+        map.next_value_seed(TapeSeed {
+            b: &mut *b,
+            policy,
+            key,
+        })?;
+        if let Some(trace) = trace.as_deref_mut() {
+            let e = b.entries[value_at];
+            let bytes: &[u8] = b.bytes;
+            if &bytes[key.0 as usize..(key.0 + key.1) as usize] == b"traceparent"
+                && e.tag == Entry::STR
+            {
+                let text = std::str::from_utf8(
+                    &bytes[e.payload as usize..e.payload as usize + e.len as usize],
+                );
+                *trace = text.ok().and_then(TraceContext::from_traceparent);
+            }
+        }
+        n += 1;
+    }
+    if !all_keys.is_empty() {
+        let bytes: &[u8] = b.bytes;
+        let k = |(off, len): (u32, u32)| &bytes[off as usize..(off + len) as usize];
+        all_keys.sort_unstable_by(|x, y| k(*x).cmp(k(*y)));
+        if let Some(pair) = all_keys.windows(2).find(|w| k(w[0]) == k(w[1])) {
+            let key = String::from_utf8_lossy(k(pair[0])).into_owned();
+            return Err(policy.duplicate(&key));
+        }
+    }
+    Ok(n)
+}
+
+/// A map key, straight into the record's buffer.
+struct KeySeed<'s, 'b>(&'s mut TapeBuilder<'b>);
+
+impl<'de> DeserializeSeed<'de> for KeySeed<'_, '_> {
+    type Value = (u32, u32);
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(u32, u32), D::Error> {
         d.deserialize_str(self)
     }
 }
 
-impl<'de> Visitor<'de> for KeySeed {
-    type Value = Str;
+impl<'de> Visitor<'de> for KeySeed<'_, '_> {
+    type Value = (u32, u32);
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("a string key")
     }
-    fn visit_str<E>(self, v: &str) -> Result<Str, E> {
-        Ok(Str::new(v))
+    fn visit_str<E>(self, v: &str) -> Result<(u32, u32), E> {
+        Ok(self.0.push_bytes(v.as_bytes()))
     }
 }
 
-struct RecordSeed<'p>(&'p Policy);
+/// A whole record: an object, into a fresh table (sized for `hint` bytes of text).
+struct RecordSeed<'p> {
+    policy: &'p Policy,
+    hint: usize,
+}
 
 impl<'de> Visitor<'de> for RecordSeed<'_> {
     type Value = Record;
@@ -211,11 +284,21 @@ impl<'de> Visitor<'de> for RecordSeed<'_> {
         f.write_str("a JSON object")
     }
     fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Record, A::Error> {
-        let mut fields = Map::new();
-        let mut trace = Some(None);
-        visit_fields(map, self.0, &mut fields, &mut trace)?;
-        let mut record = Record::from_map(fields);
-        if let Some(Some(t)) = trace {
+        // Unescaped strings are never longer than their JSON; the slack is for a few edits.
+        let mut entries = RVec::with_capacity(8);
+        let mut bytes = RVec::with_capacity(self.hint + 64);
+        let mut trace = None;
+        let n = tape_fields(
+            map,
+            &mut TapeBuilder {
+                entries: &mut entries,
+                bytes: &mut bytes,
+            },
+            self.policy,
+            Some(&mut trace),
+        )?;
+        let mut record = Record::from_tape(n, entries, bytes);
+        if let Some(t) = trace {
             record.set_trace(t);
         }
         Ok(record)
@@ -231,7 +314,10 @@ impl Record {
         let policy = Policy::default();
         let mut de = serde_json::Deserializer::from_str(text);
         let parsed = de
-            .deserialize_map(RecordSeed(&policy))
+            .deserialize_map(RecordSeed {
+                policy: &policy,
+                hint: text.len(),
+            })
             .and_then(|r| de.end().map(|()| r));
         match parsed {
             Ok(_) if policy.float_beyond_i64.get() && has_integer_beyond_i64(text) => {
@@ -286,36 +372,110 @@ fn has_integer_beyond_i64(text: &str) -> bool {
     false
 }
 
+/// Records read from JSON by `serde` (in a stage's tests, say) follow the same rules; what
+/// the host knows of the message is left for the host to fill in.
+impl<'de> Deserialize<'de> for Record {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_map(RecordSeed {
+            policy: &Policy::default(),
+            hint: 64,
+        })
+    }
+}
+
+// ---- JSON into owned values (stage configs) ----
+
+struct ValueVisitor<'p>(&'p Policy);
+
+impl<'de> DeserializeSeed<'de> for ValueVisitor<'_> {
+    type Value = Value;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for ValueVisitor<'_> {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_none<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        d.deserialize_any(self)
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::Int(v))
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Value, E> {
+        self.0.integer(v).map(Value::Int)
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        self.0.float(v);
+        Ok(Value::Float(v))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::Str(v.to_owned()))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::Str(v))
+    }
+    fn visit_bytes<E>(self, v: &[u8]) -> Result<Value, E> {
+        Ok(Value::Bytes(v.to_vec()))
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1024));
+        while let Some(v) = seq.next_element_seed(ValueVisitor(self.0))? {
+            items.push(v);
+        }
+        Ok(Value::List(items))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Value, A::Error> {
+        owned_fields(map, self.0).map(Value::Map)
+    }
+}
+
+fn owned_fields<'de, A: MapAccess<'de>>(mut map: A, policy: &Policy) -> Result<Map, A::Error> {
+    let mut fields = Map::new();
+    let mut seen = std::collections::HashSet::new();
+    while let Some(key) = map.next_key::<String>()? {
+        if !seen.insert(key.clone()) {
+            return Err(policy.duplicate(&key));
+        }
+        let value = map.next_value_seed(ValueVisitor(policy))?;
+        fields.push_unchecked(key, value);
+    }
+    Ok(fields)
+}
+
 /// Values read from any format (stage configs are JSON) under the same rules.
 impl<'de> Deserialize<'de> for Value {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        ValueSeed(&Policy::default()).deserialize(d)
+        ValueVisitor(&Policy::default()).deserialize(d)
     }
 }
 
 impl<'de> Deserialize<'de> for Map {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct MapSeed;
-        impl<'de> Visitor<'de> for MapSeed {
+        struct MapVisitor;
+        impl<'de> Visitor<'de> for MapVisitor {
             type Value = Map;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
                 f.write_str("a map")
             }
             fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Map, A::Error> {
-                let mut fields = Map::new();
-                visit_fields(map, &Policy::default(), &mut fields, &mut None)?;
-                Ok(fields)
+                owned_fields(map, &Policy::default())
             }
         }
-        d.deserialize_map(MapSeed)
-    }
-}
-
-/// Records read from JSON by `serde` (in a stage's tests, say) follow the same rules; `meta`
-/// is left for the host to fill in.
-impl<'de> Deserialize<'de> for Record {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_map(RecordSeed(&Policy::default()))
+        d.deserialize_map(MapVisitor)
     }
 }
 
@@ -328,8 +488,8 @@ mod tests {
         let text = r#"{"b":1,"a":"x","n":null,"f":1.5,"l":[true,{"k":-2}]}"#;
         let record = Record::from_json(text.as_bytes()).unwrap();
         assert_eq!(record.iter().next().map(|(k, _)| k), Some("b"));
-        assert_eq!(record.get("b"), Some(&Value::from(1i64)));
-        assert_eq!(record.get("f").and_then(Value::as_f64), Some(1.5));
+        assert_eq!(record.get("b").unwrap(), Value::Int(1));
+        assert_eq!(record.get("f").and_then(|v| v.as_f64()), Some(1.5));
         assert_eq!(serde_json::to_string(&record).unwrap(), text);
     }
 
@@ -372,9 +532,9 @@ mod tests {
     fn integers_keep_their_exact_value_and_large_floats_stay_floats() {
         let text = r#"{"max":9223372036854775807,"min":-9223372036854775808,"f":1e+19,"s":"99999999999999999999"}"#;
         let r = Record::from_json(text.as_bytes()).unwrap();
-        assert_eq!(r.get("max"), Some(&Value::from(i64::MAX)));
-        assert_eq!(r.get("min"), Some(&Value::from(i64::MIN)));
-        assert_eq!(r.get("f"), Some(&Value::from(1e19)));
+        assert_eq!(r.get("max").unwrap(), Value::Int(i64::MAX));
+        assert_eq!(r.get("min").unwrap(), Value::Int(i64::MIN));
+        assert_eq!(r.get("f").unwrap(), Value::Float(1e19));
         assert_eq!(serde_json::to_string(&r).unwrap(), text);
     }
 

@@ -1,17 +1,27 @@
 //! [`Record`]: one message's fields, plus what the host knows about the message.
 //!
 //! A record is a handle on shared, immutable data: cloning one (a fan-out hands each branch
-//! the same records) costs a reference count, not a copy. The first change a stage makes to
-//! a record that another branch also holds copies it for that stage alone (copy on write), so
+//! the same records) costs a reference count, not a copy. The first change a stage makes to a
+//! record that another branch also holds copies it for that stage alone (copy on write), so
 //! one branch never changes what another sees, and a branch that only reads never pays for a
 //! copy.
+//!
+//! The fields are kept flat, private to this crate: a table of small entries in document
+//! order (a map or list is followed by its children) and one buffer holding every key and
+//! string. Decoding a message fills both in one pass, three allocations whatever the number of
+//! fields; reading hands out views ([`ValueRef`]) into them; copying a record for a writer is
+//! two `memcpy`s. A kind of value a later release adds is stored with its JSON text, so an
+//! older library passes it on and writes it out unchanged.
 
 use std::fmt;
 
-use abi_stable::{std_types::RArc, StableAbi};
+use abi_stable::{
+    std_types::{RArc, RVec},
+    StableAbi,
+};
 use serde::{Serialize, Serializer};
 
-use crate::value::{Map, Value};
+use crate::value::{Map, MapRef, Value, ValueRef};
 
 /// W3C trace context: the trace and the span a record belongs to.
 #[repr(C)]
@@ -130,14 +140,186 @@ struct RecordMeta {
     added: u64,
 }
 
+/// One value in a record's table. Keys and strings live in the record's byte buffer.
+#[repr(C)]
+#[derive(StableAbi, Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) struct Entry {
+    pub(crate) key_off: u32,
+    /// 0 for list items (and the record's top level has no entry of its own).
+    pub(crate) key_len: u32,
+    /// Str, Bytes and kinds added later: byte length; List, Map: number of children.
+    pub(crate) len: u32,
+    /// Entries below this one (its children and theirs); 0 for scalars.
+    pub(crate) subtree: u32,
+    /// Int: the value; Float: its bits; Bool: 0 or 1; Str, Bytes and kinds added later: the
+    /// offset of their bytes (for later kinds, their JSON text).
+    pub(crate) payload: u64,
+    pub(crate) tag: u8,
+    pub(crate) reserved: [u8; 7],
+}
+
+impl Entry {
+    pub(crate) const NULL: u8 = 0;
+    pub(crate) const BOOL: u8 = 1;
+    pub(crate) const INT: u8 = 2;
+    pub(crate) const FLOAT: u8 = 3;
+    pub(crate) const STR: u8 = 4;
+    pub(crate) const BYTES: u8 = 5;
+    pub(crate) const LIST: u8 = 6;
+    pub(crate) const MAP: u8 = 7;
+
+    pub(crate) fn new(tag: u8, key: (u32, u32), len: u32, payload: u64) -> Entry {
+        Entry {
+            key_off: key.0,
+            key_len: key.1,
+            len,
+            subtree: 0,
+            payload,
+            tag,
+            reserved: [0; 7],
+        }
+    }
+}
+
+/// A record's table and buffer, borrowed: what views read. Every access is bounds-checked,
+/// so a table some library got wrong reads as missing values, never out of bounds.
+#[derive(Clone, Copy)]
+pub(crate) struct Tape<'a> {
+    pub(crate) entries: &'a [Entry],
+    pub(crate) bytes: &'a [u8],
+}
+
+impl<'a> Tape<'a> {
+    pub(crate) fn bytes_at(&self, off: u64, len: u32) -> &'a [u8] {
+        usize::try_from(off)
+            .ok()
+            .and_then(|off| self.bytes.get(off..off.checked_add(len as usize)?))
+            .unwrap_or_default()
+    }
+
+    pub(crate) fn str_at(&self, off: u64, len: u32) -> &'a str {
+        let bytes = self.bytes_at(off, len);
+        // SAFETY: keys and `STR` values are only ever written by `TapeBuilder`, from `&str`
+        // (the table is private to this crate, in every 0.2 release: a format invariant), and
+        // `bytes_at` hands out exactly the bytes written or none.
+        unsafe { std::str::from_utf8_unchecked(bytes) }
+    }
+
+    /// Whether the entry at `at` has key `key`: lengths first, so most misses read no bytes.
+    #[inline]
+    pub(crate) fn key_is(&self, at: usize, key: &str) -> bool {
+        self.entries.get(at).is_some_and(|e| {
+            e.key_len as usize == key.len()
+                && self.bytes_at(u64::from(e.key_off), e.key_len) == key.as_bytes()
+        })
+    }
+
+    pub(crate) fn key(&self, at: usize) -> &'a str {
+        self.entries
+            .get(at)
+            .map_or("", |e| self.str_at(u64::from(e.key_off), e.key_len))
+    }
+
+    /// The indexes of `count` siblings starting at `first`, each past the subtree of the one
+    /// before.
+    pub(crate) fn children(&self, first: usize, count: usize) -> impl Iterator<Item = usize> + 'a {
+        let entries = self.entries;
+        let mut next = first;
+        (0..count).map_while(move |_| {
+            let at = next;
+            let e = entries.get(at)?;
+            next = at + 1 + e.subtree as usize;
+            Some(at)
+        })
+    }
+}
+
 #[repr(C)]
 #[derive(StableAbi, Clone)]
 struct RecordData {
     meta: RecordMeta,
-    fields: Map,
+    /// Top-level fields.
+    fields: u32,
+    entries: RVec<Entry>,
+    bytes: RVec<u8>,
 }
 
-/// One record: a map of fields plus the host's facts about its message.
+/// Converts a length or offset to the table's width; a record holds less than 4 GiB.
+fn u32_of(n: usize) -> u32 {
+    u32::try_from(n).expect("a record holds less than 4 GiB")
+}
+
+/// Builds a record's table and buffer: the decoder and [`Record::insert`] both write
+/// through it.
+pub(crate) struct TapeBuilder<'a> {
+    pub(crate) entries: &'a mut RVec<Entry>,
+    pub(crate) bytes: &'a mut RVec<u8>,
+}
+
+impl TapeBuilder<'_> {
+    pub(crate) fn push_bytes(&mut self, b: &[u8]) -> (u32, u32) {
+        let off = u32_of(self.bytes.len());
+        self.bytes.extend_from_copy_slice(b);
+        (off, u32_of(b.len()))
+    }
+
+    pub(crate) fn push(&mut self, entry: Entry) -> usize {
+        self.entries.push(entry);
+        self.entries.len() - 1
+    }
+
+    /// Marks the entry at `at` (a list or map) as holding `children`, whose entries follow
+    /// it to the end of the table.
+    pub(crate) fn close(&mut self, at: usize, children: usize) {
+        let below = u32_of(self.entries.len() - at - 1);
+        let e = &mut self.entries[at];
+        e.len = u32_of(children);
+        e.subtree = below;
+    }
+
+    /// Appends `value` under `key` (`(0, 0)` for a list item).
+    pub(crate) fn value(&mut self, key: (u32, u32), value: &Value) {
+        match value {
+            Value::Null => {
+                self.push(Entry::new(Entry::NULL, key, 0, 0));
+            }
+            Value::Bool(b) => {
+                self.push(Entry::new(Entry::BOOL, key, 0, u64::from(*b)));
+            }
+            Value::Int(i) => {
+                self.push(Entry::new(Entry::INT, key, 0, *i as u64));
+            }
+            Value::Float(f) => {
+                self.push(Entry::new(Entry::FLOAT, key, 0, f.to_bits()));
+            }
+            Value::Str(s) => {
+                let (off, len) = self.push_bytes(s.as_bytes());
+                self.push(Entry::new(Entry::STR, key, len, u64::from(off)));
+            }
+            Value::Bytes(b) => {
+                let (off, len) = self.push_bytes(b);
+                self.push(Entry::new(Entry::BYTES, key, len, u64::from(off)));
+            }
+            Value::List(items) => {
+                let at = self.push(Entry::new(Entry::LIST, key, 0, 0));
+                for item in items {
+                    self.value((0, 0), item);
+                }
+                self.close(at, items.len());
+            }
+            Value::Map(map) => {
+                let at = self.push(Entry::new(Entry::MAP, key, 0, 0));
+                for (k, v) in map.iter() {
+                    let k = self.push_bytes(k.as_bytes());
+                    self.value(k, v);
+                }
+                self.close(at, map.len());
+            }
+        }
+    }
+}
+
+/// One record: fields plus the host's facts about its message.
 #[repr(C)]
 #[derive(StableAbi, Clone)]
 pub struct Record {
@@ -158,10 +340,35 @@ impl Record {
 
     /// A record holding `fields`, from no message (id 0).
     pub fn from_map(fields: Map) -> Record {
+        Record::with_meta(RecordMeta::default(), &fields)
+    }
+
+    fn with_meta(meta: RecordMeta, fields: &Map) -> Record {
+        let mut entries = RVec::with_capacity(fields.len());
+        let mut bytes = RVec::new();
+        let mut b = TapeBuilder {
+            entries: &mut entries,
+            bytes: &mut bytes,
+        };
+        for (k, v) in fields.iter() {
+            let k = b.push_bytes(k.as_bytes());
+            b.value(k, v);
+        }
+        Record::from_parts(meta, u32_of(fields.len()), entries, bytes)
+    }
+
+    /// A record from a table the decoder filled.
+    pub(crate) fn from_tape(fields: usize, entries: RVec<Entry>, bytes: RVec<u8>) -> Record {
+        Record::from_parts(RecordMeta::default(), u32_of(fields), entries, bytes)
+    }
+
+    fn from_parts(meta: RecordMeta, fields: u32, entries: RVec<Entry>, bytes: RVec<u8>) -> Record {
         Record {
             data: RArc::new(RecordData {
-                meta: RecordMeta::default(),
+                meta,
                 fields,
+                entries,
+                bytes,
             }),
         }
     }
@@ -175,15 +382,11 @@ impl Record {
 
     /// A record holding `fields` that counts as coming from the same message as `self`.
     pub fn derived_with(&self, fields: Map) -> Record {
-        Record {
-            data: RArc::new(RecordData {
-                meta: self.data.meta,
-                fields,
-            }),
-        }
+        Record::with_meta(self.data.meta, &fields)
     }
 
-    /// The message's sequence number in this host; 0 for records no message produced.
+    /// The message's sequence number in this host (unique, increasing); 0 for records no
+    /// message produced.
     pub fn id(&self) -> u64 {
         self.data.meta.id
     }
@@ -218,20 +421,15 @@ impl Record {
         meta.received_at_ns = received_at_ns;
     }
 
-    /// The fields.
-    #[inline]
-    pub fn fields(&self) -> &Map {
-        &self.data.fields
-    }
-
-    /// The fields, to change: copies the record first if another branch holds it too.
-    #[inline]
-    pub fn fields_mut(&mut self) -> &mut Map {
-        &mut self.data_mut().fields
-    }
-
     fn data_mut(&mut self) -> &mut RecordData {
         RArc::make_mut(&mut self.data)
+    }
+
+    fn tape(&self) -> Tape<'_> {
+        Tape {
+            entries: &self.data.entries,
+            bytes: &self.data.bytes,
+        }
     }
 
     /// Whether another handle (another branch of a fan-out) shares this record's data.
@@ -239,45 +437,200 @@ impl Record {
         RArc::strong_count(&self.data) > 1
     }
 
+    /// The fields, as a map.
+    pub fn fields(&self) -> MapRef<'_> {
+        MapRef {
+            tape: self.tape(),
+            first: 0,
+            len: self.data.fields as usize,
+        }
+    }
+
     #[inline]
-    pub fn get(&self, key: &str) -> Option<&Value> {
-        self.data.fields.get(key)
+    pub fn get(&self, key: &str) -> Option<ValueRef<'_>> {
+        self.fields().get(key)
     }
 
-    pub fn get_mut(&mut self, key: &str) -> Option<&mut Value> {
-        self.fields_mut().get_mut(key)
-    }
-
-    pub fn insert(&mut self, key: &str, value: impl Into<Value>) {
-        self.fields_mut().insert(key, value);
-    }
-
-    pub fn remove(&mut self, key: &str) -> Option<Value> {
-        if !self.data.fields.contains_key(key) {
-            return None;
-        }
-        self.fields_mut().remove(key)
-    }
-
-    /// Renames field `from` to `to` in place (see [`Map::rename`]).
-    pub fn rename(&mut self, from: &str, to: &str) -> bool {
-        if !self.data.fields.contains_key(from) {
-            return false;
-        }
-        self.fields_mut().rename(from, to)
+    pub fn contains_key(&self, key: &str) -> bool {
+        self.get(key).is_some()
     }
 
     pub fn len(&self) -> usize {
-        self.data.fields.len()
+        self.data.fields as usize
     }
 
     pub fn is_empty(&self) -> bool {
-        self.data.fields.is_empty()
+        self.data.fields == 0
     }
 
     /// The fields, in order.
-    pub fn iter(&self) -> impl ExactSizeIterator<Item = (&str, &Value)> + '_ {
-        self.data.fields.iter()
+    pub fn iter(&self) -> impl Iterator<Item = (&str, ValueRef<'_>)> + '_ {
+        self.fields().iter()
+    }
+
+    /// An owned copy of the fields.
+    pub fn to_map(&self) -> Map {
+        let mut map = Map::with_capacity(self.len());
+        for (k, v) in self.iter() {
+            map.push_unchecked(k.to_owned(), v.to_value());
+        }
+        map
+    }
+
+    /// The top-level entry of `key`.
+    fn position(&self, key: &str) -> Option<usize> {
+        let tape = self.tape();
+        tape.children(0, self.len()).find(|&i| tape.key_is(i, key))
+    }
+
+    /// Replaces entries `at..at + 1 + subtree` with `with` (which keep their keys), in place.
+    fn splice(data: &mut RecordData, at: usize, with: &[Entry]) {
+        let entries = &mut data.entries;
+        let (old, new) = (1 + entries[at].subtree as usize, with.len());
+        let (end, len) = (at + old, entries.len());
+        if new < old {
+            entries.copy_within(end..len, at + new);
+            entries.truncate(len - (old - new));
+        } else if new > old {
+            // Grow by the difference (placeholders at the end), then shift the tail up.
+            for _ in old..new {
+                entries.push(with[0]);
+            }
+            entries.copy_within(end..len, at + new);
+        }
+        entries[at..at + new].copy_from_slice(with);
+    }
+
+    /// Sets `key` to `value`, replacing an existing field in place (where it is) or
+    /// appending a new one. Copies the record first if another branch holds it too.
+    pub fn insert(&mut self, key: &str, value: impl Into<Value>) {
+        self.insert_ref(key, &value.into());
+    }
+
+    /// [`Record::insert`] from a borrowed value: nothing is cloned (a stage setting the same
+    /// configured value on every record).
+    pub fn insert_ref(&mut self, key: &str, value: &Value) {
+        let existing = self.position(key);
+        let data = self.data_mut();
+        match existing {
+            Some(at) => {
+                // The new value's entries are written past the end, then moved into place:
+                // a scalar replacing a scalar allocates nothing.
+                let key = (data.entries[at].key_off, data.entries[at].key_len);
+                let start = data.entries.len();
+                TapeBuilder {
+                    entries: &mut data.entries,
+                    bytes: &mut data.bytes,
+                }
+                .value(key, value);
+                if data.entries.len() - start == 1 && data.entries[at].subtree == 0 {
+                    data.entries[at] = data.entries[start];
+                    data.entries.truncate(start);
+                } else {
+                    let with: Vec<Entry> = data.entries[start..].to_vec();
+                    data.entries.truncate(start);
+                    Record::splice(data, at, &with);
+                }
+            }
+            None => {
+                let mut b = TapeBuilder {
+                    entries: &mut data.entries,
+                    bytes: &mut data.bytes,
+                };
+                let key = b.push_bytes(key.as_bytes());
+                b.value(key, value);
+                data.fields += 1;
+            }
+        }
+    }
+
+    /// Removes field `key`, returning its value.
+    pub fn remove(&mut self, key: &str) -> Option<Value> {
+        let at = self.position(key)?;
+        let value = ValueRef {
+            tape: self.tape(),
+            at,
+        }
+        .to_value();
+        let data = self.data_mut();
+        Record::splice(data, at, &[]);
+        data.fields -= 1;
+        Some(value)
+    }
+
+    /// Renames field `from` to `to`, keeping it where it is; a field already called `to`
+    /// takes the value (at its own position) and `from` goes. False when there is no `from`.
+    pub fn rename(&mut self, from: &str, to: &str) -> bool {
+        let Some(src) = self.position(from) else {
+            return false;
+        };
+        if from == to {
+            return true;
+        }
+        match self.position(to) {
+            Some(dst) => {
+                let data = self.data_mut();
+                let src_end = src + 1 + data.entries[src].subtree as usize;
+                let (key_off, key_len) = (data.entries[dst].key_off, data.entries[dst].key_len);
+                let mut moved: Vec<Entry> = data.entries[src..src_end].to_vec();
+                moved[0].key_off = key_off;
+                moved[0].key_len = key_len;
+                // Remove the source first when it comes after the target, so that the
+                // target's index stays put; the other way round, fix it up.
+                if src > dst {
+                    Record::splice(data, src, &[]);
+                    Record::splice(data, dst, &moved);
+                } else {
+                    Record::splice(data, dst, &moved);
+                    Record::splice(data, src, &[]);
+                }
+                data.fields -= 1;
+            }
+            None => {
+                let data = self.data_mut();
+                let (off, len) = TapeBuilder {
+                    entries: &mut RVec::new(),
+                    bytes: &mut data.bytes,
+                }
+                .push_bytes(to.as_bytes());
+                data.entries[src].key_off = off;
+                data.entries[src].key_len = len;
+            }
+        }
+        true
+    }
+
+    /// Keeps the fields for which `keep` returns true.
+    pub fn retain(&mut self, mut keep: impl FnMut(&str, ValueRef<'_>) -> bool) {
+        let tape = self.tape();
+        let drop: Vec<usize> = tape
+            .children(0, self.len())
+            .filter(|&at| !keep(tape.key(at), ValueRef { tape, at }))
+            .collect();
+        if drop.is_empty() {
+            return;
+        }
+        let data = self.data_mut();
+        for &at in drop.iter().rev() {
+            Record::splice(data, at, &[]);
+        }
+        data.fields -= u32_of(drop.len());
+    }
+
+    /// Appends a value of a kind this release does not know, as a later release would store
+    /// it: its tag and its JSON text. For tests of how older code treats newer values.
+    #[doc(hidden)]
+    pub fn insert_unknown_kind(&mut self, key: &str, tag: u8, json: &str) {
+        assert!(tag > Entry::MAP, "tags up to {} are known", Entry::MAP);
+        let data = self.data_mut();
+        let mut b = TapeBuilder {
+            entries: &mut data.entries,
+            bytes: &mut data.bytes,
+        };
+        let key = b.push_bytes(key.as_bytes());
+        let (off, len) = b.push_bytes(json.as_bytes());
+        b.push(Entry::new(tag, key, len, u64::from(off)));
+        data.fields += 1;
     }
 }
 
@@ -285,7 +638,7 @@ impl PartialEq for Record {
     /// Records are equal when their fields are; what the host knows of their messages is not
     /// compared.
     fn eq(&self, other: &Record) -> bool {
-        self.data.fields == other.data.fields
+        self.fields() == other.fields()
     }
 }
 
@@ -293,7 +646,7 @@ impl fmt::Debug for Record {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Record")
             .field("id", &self.id())
-            .field("fields", &self.data.fields)
+            .field("fields", &self.fields())
             .finish()
     }
 }
@@ -301,7 +654,7 @@ impl fmt::Debug for Record {
 /// A record serializes as its fields, as a JSON object.
 impl Serialize for Record {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        self.data.fields.serialize(s)
+        self.fields().serialize(s)
     }
 }
 
@@ -314,6 +667,11 @@ impl<K: AsRef<str>, V: Into<Value>> FromIterator<(K, V)> for Record {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ValueKind;
+
+    fn keys(r: &Record) -> Vec<&str> {
+        r.iter().map(|(k, _)| k).collect()
+    }
 
     #[test]
     fn a_change_to_a_shared_record_is_seen_by_its_changer_only() {
@@ -321,9 +679,76 @@ mod tests {
         let mut branch = original.clone();
         assert!(original.is_shared() && branch.is_shared());
         branch.insert("level", "debug");
-        assert_eq!(original.get("level").and_then(Value::as_str), Some("info"));
-        assert_eq!(branch.get("level").and_then(Value::as_str), Some("debug"));
+        assert_eq!(original.get("level").and_then(|v| v.as_str()), Some("info"));
+        assert_eq!(branch.get("level").and_then(|v| v.as_str()), Some("debug"));
         assert!(!original.is_shared());
+    }
+
+    #[test]
+    fn edits_keep_order_and_nested_values() {
+        let mut r: Record = [
+            ("a", Value::Int(1)),
+            (
+                "m",
+                Value::Map(
+                    [("x", Value::List(vec![Value::Int(1), Value::Int(2)]))]
+                        .into_iter()
+                        .collect(),
+                ),
+            ),
+            ("b", Value::from("two")),
+        ]
+        .into_iter()
+        .collect();
+        assert!(r.rename("a", "z"));
+        assert_eq!(keys(&r), ["z", "m", "b"]);
+        r.insert("m", "flat now");
+        assert_eq!(keys(&r), ["z", "m", "b"]);
+        assert_eq!(r.get("m").and_then(|v| v.as_str()), Some("flat now"));
+        r.insert("z", Value::List(vec![Value::Null, Value::Map(Map::new())]));
+        assert_eq!(
+            serde_json::to_string(&r).unwrap(),
+            r#"{"z":[null,{}],"m":"flat now","b":"two"}"#
+        );
+        assert!(r.rename("b", "z")); // the target takes the value, at its place
+        assert_eq!(keys(&r), ["z", "m"]);
+        assert_eq!(r.get("z").and_then(|v| v.as_str()), Some("two"));
+        assert_eq!(r.remove("m"), Some(Value::from("flat now")));
+        assert_eq!(keys(&r), ["z"]);
+        r.insert("n", 5i64);
+        r.retain(|k, _| k != "z");
+        assert_eq!(serde_json::to_string(&r).unwrap(), r#"{"n":5}"#);
+        assert!(!r.rename("missing", "x"));
+    }
+
+    #[test]
+    fn a_kind_of_value_added_later_passes_through_and_is_written_as_its_creator_wrote_it() {
+        let mut r: Record = [("a", 1i64)].into_iter().collect();
+        r.insert_unknown_kind("when", 42, r#""2026-11-24T00:00:00Z""#);
+        r.insert("b", true);
+        let when = r.get("when").unwrap();
+        assert!(matches!(when.kind(), ValueKind::Unknown));
+        assert_eq!(when.type_name(), "unknown");
+        // A stage that does not know it leaves it be; a writer writes its JSON text.
+        let mut copy = r.clone();
+        copy.rename("a", "alpha");
+        assert_eq!(
+            serde_json::to_string(&copy).unwrap(),
+            r#"{"alpha":1,"when":"2026-11-24T00:00:00Z","b":true}"#
+        );
+        assert_eq!(when.to_value(), Value::from("2026-11-24T00:00:00Z"));
+    }
+
+    #[test]
+    fn a_table_a_library_got_wrong_reads_as_missing_values() {
+        let mut entries = RVec::new();
+        entries.push(Entry::new(Entry::STR, (0, 1), 1_000, 5)); // past the buffer
+        let mut bytes = RVec::new();
+        bytes.extend_from_copy_slice(b"kxyz");
+        let r = Record::from_tape(3, entries, bytes); // claims 3 fields, has 1
+        assert_eq!(r.get("k").and_then(|v| v.as_str()), Some(""));
+        assert_eq!(r.iter().count(), 1);
+        assert!(r.get("missing").is_none());
     }
 
     #[test]
@@ -335,7 +760,7 @@ mod tests {
         )
         .unwrap();
         r.set_trace(t);
-        let d = r.derived();
+        let d = r.derived_with([("k", 1i64)].into_iter().collect());
         assert_eq!((d.id(), d.trace()), (7, Some(t)));
         assert!(t.sampled());
         assert_eq!(
@@ -362,5 +787,117 @@ mod tests {
             "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-future"
         )
         .is_some());
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        #[derive(Debug, Clone)]
+        enum Op {
+            Insert(String, Value),
+            Remove(String),
+            Rename(String, String),
+            Retain(String),
+        }
+
+        fn value() -> impl Strategy<Value = Value> {
+            let leaf = prop_oneof![
+                Just(Value::Null),
+                any::<bool>().prop_map(Value::Bool),
+                any::<i64>().prop_map(Value::Int),
+                any::<f64>()
+                    .prop_filter("not NaN", |f| !f.is_nan())
+                    .prop_map(Value::Float),
+                "(?s).{0,12}".prop_map(Value::Str),
+            ];
+            leaf.prop_recursive(3, 24, 4, |inner| {
+                prop_oneof![
+                    prop::collection::vec(inner.clone(), 0..4).prop_map(Value::List),
+                    prop::collection::vec(("[a-c]", inner), 0..4)
+                        .prop_map(|kv| Value::Map(kv.into_iter().collect())),
+                ]
+            })
+        }
+
+        fn key() -> impl Strategy<Value = String> {
+            "[a-e]"
+        }
+
+        fn op() -> impl Strategy<Value = Op> {
+            prop_oneof![
+                3 => (key(), value()).prop_map(|(k, v)| Op::Insert(k, v)),
+                1 => key().prop_map(Op::Remove),
+                2 => (key(), key()).prop_map(|(a, b)| Op::Rename(a, b)),
+                1 => key().prop_map(Op::Retain),
+            ]
+        }
+
+        /// What each edit means, on an ordered list of fields.
+        fn apply(model: &mut Vec<(String, Value)>, op: &Op) -> Option<Value> {
+            let pos = |m: &Vec<(String, Value)>, k: &str| m.iter().position(|(x, _)| x == k);
+            match op {
+                Op::Insert(k, v) => {
+                    match pos(model, k) {
+                        Some(i) => model[i].1 = v.clone(),
+                        None => model.push((k.clone(), v.clone())),
+                    }
+                    None
+                }
+                Op::Remove(k) => pos(model, k).map(|i| model.remove(i).1),
+                Op::Rename(from, to) => {
+                    let src = pos(model, from)?;
+                    if from != to {
+                        match pos(model, to) {
+                            Some(dst) => {
+                                model[dst].1 = model[src].1.clone();
+                                model.remove(src);
+                            }
+                            None => model[src].0 = to.clone(),
+                        }
+                    }
+                    Some(Value::Bool(true))
+                }
+                Op::Retain(drop) => {
+                    model.retain(|(k, _)| k != drop);
+                    None
+                }
+            }
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(300))]
+
+            /// Any sequence of edits leaves a record holding what the same edits make of an
+            /// ordered list of fields, and a branch sharing its data sees none of them.
+            #[test]
+            fn edits_match_the_model_and_never_reach_a_sharing_branch(
+                start in prop::collection::vec((key(), value()), 0..5),
+                ops in prop::collection::vec(op(), 0..12),
+            ) {
+                let map: Map = start.into_iter().collect();
+                let mut model: Vec<(String, Value)> =
+                    map.iter().map(|(k, v)| (k.to_owned(), v.clone())).collect();
+                let mut record = Record::from_map(map.clone());
+                let branch = record.clone();
+                for op in &ops {
+                    let want = apply(&mut model, op);
+                    match op {
+                        Op::Insert(k, v) => record.insert_ref(k, v),
+                        Op::Remove(k) => prop_assert_eq!(record.remove(k), want),
+                        Op::Rename(a, b) => prop_assert_eq!(record.rename(a, b), want.is_some()),
+                        Op::Retain(drop) => record.retain(|k, _| k != drop),
+                    }
+                    prop_assert_eq!(record.len(), model.len());
+                    let got: Vec<(String, Value)> =
+                        record.iter().map(|(k, v)| (k.to_owned(), v.to_value())).collect();
+                    prop_assert_eq!(&got, &model);
+                    for (k, v) in &model {
+                        prop_assert_eq!(record.get(k).map(Value::from), Some(v.clone()));
+                    }
+                }
+                prop_assert_eq!(branch.to_map(), map);
+            }
+        }
     }
 }

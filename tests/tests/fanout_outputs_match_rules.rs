@@ -148,3 +148,63 @@ stages:
     assert_eq!(stage(&summary, "merge")["records_in"], 35);
     assert_eq!(stage(&summary, "export")["records_in"], 60);
 }
+
+#[test]
+fn a_change_in_one_branch_is_never_seen_by_another() {
+    // One source, three branches sharing each record: two rewrite it differently (in place,
+    // by rename, by set, by dropping a nested field's parent), one writes it as it came.
+    let mut host = Host::start(
+        r#"
+plugins:
+  paths: ["{{plugins}}"]
+sources:
+  ingest: { type: zmq, socket: pull, bind: "{{endpoint}}" }
+stages:
+  rewrite-a:
+    plugin: rules
+    inputs: [ingest]
+    config:
+      rename: { msg: message }
+      set: { level: a, extra: { nested: [1, 2] } }
+  rewrite-b:
+    plugin: rules
+    inputs: [ingest]
+    config:
+      rename: { level: severity, msg: level }
+      set: { ctx: b }
+  export-a: { plugin: jsonl, inputs: [rewrite-a], config: { path: "{{dir}}/a.jsonl" } }
+  export-b: { plugin: jsonl, inputs: [rewrite-b], config: { path: "{{dir}}/b.jsonl" } }
+  export-raw: { plugin: jsonl, inputs: [ingest], config: { path: "{{dir}}/raw.jsonl" } }
+"#,
+    );
+    let n = 40;
+    let sent: Vec<String> = (0..n)
+        .map(|i| {
+            format!(r#"{{"level":"info","msg":"m{i}","ctx":{{"user":"u{i}","tags":["x","y"]}},"n":{i}}}"#)
+        })
+        .collect();
+    send(&host.endpoint, &sent);
+    let a_want: Vec<String> = (0..n)
+        .map(|i| {
+            format!(r#"{{"level":"a","message":"m{i}","ctx":{{"user":"u{i}","tags":["x","y"]}},"n":{i},"extra":{{"nested":[1,2]}}}}"#)
+        })
+        .collect();
+    let b_want: Vec<String> = (0..n)
+        .map(|i| format!(r#"{{"severity":"info","level":"m{i}","ctx":"b","n":{i}}}"#))
+        .collect();
+    let (a, b, raw) = (
+        host.path("a.jsonl"),
+        host.path("b.jsonl"),
+        host.path("raw.jsonl"),
+    );
+    for (file, count) in [(&a, n), (&b, n), (&raw, n)] {
+        wait_for_lines(file, count);
+    }
+    let summary = host.stop();
+    // Each branch gets records in message order (one source, one worker per stage).
+    assert_eq!(read_lines(&raw), sent, "the untouched branch");
+    assert_eq!(read_lines(&a), a_want, "rewrite-a");
+    assert_eq!(read_lines(&b), b_want, "rewrite-b");
+    assert_reconciled(&summary);
+    assert_eq!(totals(&summary), (n as u64, n as u64, 0, 0), "{summary:#}");
+}

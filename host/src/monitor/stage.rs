@@ -8,7 +8,7 @@ use std::{
 };
 
 use hdrhistogram::Histogram;
-use plugin_api::{Failure, Record, StageError, StageKind, Value, ValueKind};
+use plugin_api::{Failure, Record, StageError, StageKind, ValueKind};
 use serde::Serialize;
 
 use crate::lock;
@@ -242,7 +242,7 @@ impl StageStats {
     pub fn record_types(&self, records: &[Record], field: &str) {
         let mut tally: Vec<(&str, u64)> = Vec::with_capacity(8);
         for r in records {
-            let t = match r.get(field).map(Value::kind) {
+            let t = match r.get(field).map(|v| v.kind()) {
                 Some(ValueKind::Str(v)) => v,
                 Some(_) => "other",
                 None => "none",
@@ -264,10 +264,30 @@ impl StageStats {
     /// message produced (the monitor's own windows) have no ingest time and are skipped.
     pub fn record_delivered(&self, records: &[Record], now_ns: u64) {
         let mut s = lock(&self.state);
-        for r in records.iter().filter(|r| r.received_at_ns() != 0) {
-            let ns = now_ns.saturating_sub(r.received_at_ns()).max(1);
-            s.e2e.saturating_record(ns);
-            s.window_e2e.saturating_record(ns);
+        // Records read together share their receive time: one histogram update per run of
+        // equal times (a few per batch), not one per record.
+        let mut run: Option<(u64, u64)> = None;
+        let flush = |s: &mut State, (at, n): (u64, u64)| {
+            let ns = now_ns.saturating_sub(at).max(1);
+            let _ = s.e2e.record_n(ns, n);
+            let _ = s.window_e2e.record_n(ns, n);
+        };
+        for at in records
+            .iter()
+            .map(Record::received_at_ns)
+            .filter(|&at| at != 0)
+        {
+            match &mut run {
+                Some((t, n)) if *t == at => *n += 1,
+                _ => {
+                    if let Some(done) = run.replace((at, 1)) {
+                        flush(&mut s, done);
+                    }
+                }
+            }
+        }
+        if let Some(done) = run {
+            flush(&mut s, done);
         }
     }
 

@@ -40,7 +40,7 @@ pub fn decode(payload: &[u8], decode: Decode, max_bytes: usize) -> Result<Record
         Decode::Raw => {
             let value = match std::str::from_utf8(payload) {
                 Ok(text) => Value::from(text),
-                Err(_) => Value::bytes(payload.to_vec()),
+                Err(_) => Value::Bytes(payload.to_vec()),
             };
             Ok([("message", value)].into_iter().collect())
         }
@@ -74,10 +74,10 @@ mod tests {
     #[test]
     fn raw_keeps_text_or_bytes() {
         let r = decode(b"hello", Decode::Raw, 64).unwrap();
-        assert_eq!(r.get("message").and_then(Value::as_str), Some("hello"));
+        assert_eq!(r.get("message").and_then(|v| v.as_str()), Some("hello"));
         let r = decode(b"\xff", Decode::Raw, 64).unwrap();
         assert!(matches!(
-            r.get("message").map(Value::kind),
+            r.get("message").map(|v| v.kind()),
             Some(plugin_api::ValueKind::Bytes(_))
         ));
     }

@@ -15,7 +15,7 @@ use std::{
 
 use plugin_api::{
     tracing, Batch, ConfigError, Map, Record, Stage, StageContext, StageError, StageKind, Value,
-    ValueKind,
+    ValueKind, ValueRef,
 };
 use serde::Deserialize;
 
@@ -62,9 +62,9 @@ impl MessageMetrics {
             "size_bytes",
             i64::try_from(record.size_bytes()).unwrap_or(i64::MAX),
         );
-        let latency = match record.get(&self.timestamp_field).and_then(Value::as_f64) {
-            Some(sent_at) => Value::from((now - sent_at) * 1000.0),
-            None => Value::null(),
+        let latency = match record.get(&self.timestamp_field).and_then(|v| v.as_f64()) {
+            Some(sent_at) => Value::Float((now - sent_at) * 1000.0),
+            None => Value::Null,
         };
         fields.insert("latency_ms", latency);
         if let Some(type_field) = &self.type_field {
@@ -114,18 +114,15 @@ impl MessageMetrics {
 
 /// The type of a record as a string: a string value as it is, any other value as its JSON
 /// text (`3`, `true`), and `unknown` when the field is missing or null.
-fn type_value(value: Option<&Value>) -> Cow<'_, str> {
-    match value.map(Value::kind) {
-        None | Some(ValueKind::Null) => Cow::Borrowed("unknown"),
-        Some(ValueKind::Str(s)) => Cow::Borrowed(s),
-        // Serializing a Value to JSON cannot fail: keys are strings and non-finite floats
+fn type_value(value: Option<ValueRef<'_>>) -> Cow<'_, str> {
+    match value.map(|v| (v, v.kind())) {
+        None | Some((_, ValueKind::Null)) => Cow::Borrowed("unknown"),
+        Some((_, ValueKind::Str(s))) => Cow::Borrowed(s),
+        // Serializing a value to JSON cannot fail: keys are strings and non-finite floats
         // become null.
-        Some(_) => {
-            let other = value.expect("matched Some");
-            Cow::Owned(
-                serde_json::to_string(other).unwrap_or_else(|_| other.type_name().to_owned()),
-            )
-        }
+        Some((other, _)) => Cow::Owned(
+            serde_json::to_string(&other).unwrap_or_else(|_| other.type_name().to_owned()),
+        ),
     }
 }
 
@@ -246,8 +243,11 @@ mod tests {
         let first = &b.records()[0];
         assert_eq!(keys(first), ["size_bytes", "latency_ms"]);
         assert_eq!(first.id(), 1);
-        assert_eq!(first.get("size_bytes"), Some(&Value::from(100i64)));
-        let Some(latency) = first.get("latency_ms").and_then(Value::as_f64) else {
+        assert_eq!(
+            first.get("size_bytes").map(Value::from),
+            Some(Value::Int(100))
+        );
+        let Some(latency) = first.get("latency_ms").and_then(|v| v.as_f64()) else {
             panic!("latency_ms is not a float: {first:?}");
         };
         assert!((2500.0..3500.0).contains(&latency), "{latency}");
@@ -255,8 +255,11 @@ mod tests {
         // An integer timestamp works as well.
         let second = &b.records()[1];
         assert_eq!(second.id(), 2);
-        assert_eq!(second.get("size_bytes"), Some(&Value::from(200i64)));
-        let latency = second.get("latency_ms").and_then(Value::as_f64).unwrap();
+        assert_eq!(
+            second.get("size_bytes").map(Value::from),
+            Some(Value::Int(200))
+        );
+        let latency = second.get("latency_ms").and_then(|v| v.as_f64()).unwrap();
         assert!((2500.0..4500.0).contains(&latency), "{latency}");
     }
 
@@ -272,7 +275,11 @@ mod tests {
         assert_eq!(b.len(), 3);
         assert!(b.failures().is_empty());
         for r in b.records() {
-            assert_eq!(r.get("latency_ms"), Some(&Value::null()), "{r:?}");
+            assert_eq!(
+                r.get("latency_ms").map(Value::from),
+                Some(Value::Null),
+                "{r:?}"
+            );
         }
     }
 
@@ -293,8 +300,8 @@ mod tests {
             .iter()
             .map(|r| {
                 assert_eq!(keys(r), ["size_bytes", "latency_ms", "type", "type_count"]);
-                let t = r.get("type").and_then(Value::as_str).unwrap().to_owned();
-                (t, r.get("type_count").and_then(Value::as_i64).unwrap())
+                let t = r.get("type").and_then(|v| v.as_str()).unwrap().to_owned();
+                (t, r.get("type_count").and_then(|v| v.as_i64()).unwrap())
             })
             .collect();
         let expected = [
@@ -309,7 +316,10 @@ mod tests {
 
         let mut b = batch(&lines(&[r#"{"kind":"b"}"#]));
         stage.process(&mut b).unwrap();
-        assert_eq!(b.records()[0].get("type_count"), Some(&Value::from(2i64)));
+        assert_eq!(
+            b.records()[0].get("type_count").map(Value::from),
+            Some(Value::Int(2))
+        );
     }
 
     /// One counter call the host received: name, value, labels.
@@ -400,7 +410,10 @@ mod tests {
                 ("records_by_type".to_owned(), 1.0, label("b")),
             ]
         );
-        assert_eq!(b.records()[0].get("type_count"), Some(&Value::from(2i64)));
+        assert_eq!(
+            b.records()[0].get("type_count").map(Value::from),
+            Some(Value::Int(2))
+        );
 
         // Without a type field, only `records` is counted.
         let mut stage = stage_with_host("{}", Some(host));
@@ -448,6 +461,6 @@ mod tests {
             .batch
             .records()
             .iter()
-            .all(|r| r.get("size_bytes") == Some(&Value::from(30i64))));
+            .all(|r| r.get("size_bytes").map(Value::from) == Some(Value::Int(30))));
     }
 }
