@@ -29,7 +29,7 @@ use std::{
     },
 };
 
-use abi_stable::std_types::RVec;
+use abi_stable::std_types::{RArc, RVec};
 use plugin_api::Record;
 use serde::Serialize;
 use tokio::sync::Semaphore;
@@ -226,13 +226,14 @@ impl Lineage {
         }
     }
 
-    /// Every record reached the end of a branch: one atomic operation per 64 messages when
-    /// the records are in id order (as sources send them), more only if a stage reordered.
-    pub fn deliver_all(&self, records: &[Record]) {
+    /// Every message of `ids` reached the end of a branch: one atomic operation per 64
+    /// messages when they are in id order (as sources send them), more only if a stage
+    /// reordered.
+    pub fn deliver_all(&self, ids: impl IntoIterator<Item = u64>) {
         let mut word = usize::MAX;
         let mut bits = 0u64;
-        for r in records {
-            let Some(i) = self.index(r.id()) else {
+        for id in ids {
+            let Some(i) = self.index(id) else {
                 continue;
             };
             if i / 64 != word {
@@ -353,22 +354,92 @@ impl Drop for Lineage {
     }
 }
 
-/// What travels on a queue between stages: records (handles on shared data), plus their
-/// lineage.
+/// What travels on a queue between stages: records (handles on shared data), their lineage,
+/// and facts about them. Every consumer of one output gets the same records, shared as a
+/// whole: a fan-out costs a few reference counts per batch, not per record.
 pub struct Envelope {
-    pub records: RVec<Record>,
+    pub records: RArc<RVec<Record>>,
     pub lineage: Arc<Lineage>,
+    pub facts: Arc<Facts>,
+}
+
+/// What every consumer of one batch needs to know about its records, worked out by the
+/// first that asks and shared with the others (so each branch of a fan-out does not read
+/// every record again).
+#[derive(Default)]
+pub struct Facts {
+    ids: OnceLock<Box<[u64]>>,
+    types: OnceLock<Tally>,
+    received: OnceLock<Box<[(u64, u64)]>>,
+}
+
+/// Counts by value: (value, how many records).
+pub type Tally = Box<[(Box<str>, u64)]>;
+
+impl Facts {
+    /// Facts its maker knew already (a source: the ids it gave, the times it read).
+    pub fn known(ids: Box<[u64]>, received: Box<[(u64, u64)]>) -> Facts {
+        Facts {
+            ids: OnceLock::from(ids),
+            types: OnceLock::new(),
+            received: OnceLock::from(received),
+        }
+    }
+
+    /// The message ids of `records` (the batch these facts are about), in order.
+    pub fn ids(&self, records: &[Record]) -> &[u64] {
+        self.ids
+            .get_or_init(|| records.iter().map(Record::id).collect())
+    }
+
+    /// The records counted by type, as `count` counts them.
+    pub fn types(&self, count: impl FnOnce() -> Tally) -> &Tally {
+        self.types.get_or_init(count)
+    }
+
+    /// When the records' messages were received: runs of (time, how many records).
+    pub fn received(&self, records: &[Record]) -> &[(u64, u64)] {
+        self.received.get_or_init(|| received_runs(records))
+    }
+}
+
+/// When `records`' messages were received, as runs of (time in ns, how many records): records
+/// read together share their receive time, so a batch has a few runs. Records no message
+/// produced (the monitor's own windows) have no receive time and are left out.
+pub fn received_runs(records: &[Record]) -> Box<[(u64, u64)]> {
+    let mut runs: Vec<(u64, u64)> = Vec::new();
+    for at in records
+        .iter()
+        .map(Record::received_at_ns)
+        .filter(|&at| at != 0)
+    {
+        match runs.last_mut() {
+            Some((t, n)) if *t == at => *n += 1,
+            _ => runs.push((at, 1)),
+        }
+    }
+    runs.into_boxed_slice()
 }
 
 impl Envelope {
-    /// One envelope per consumer, for a fan-out: every consumer but the last gets new handles
-    /// on the same records (a reference count each, no copy); the last gets the original.
+    /// An envelope of records no consumer has seen yet.
+    pub fn new(records: RVec<Record>, lineage: Arc<Lineage>) -> Envelope {
+        Envelope {
+            records: RArc::new(records),
+            lineage,
+            facts: Arc::default(),
+        }
+    }
+
+    /// One envelope per consumer, for a fan-out: each gets the same shared records and
+    /// facts (no record is touched).
     pub fn fan_out(self, consumers: usize) -> Vec<Envelope> {
         let mut out = Vec::with_capacity(consumers);
         for _ in 1..consumers {
             out.push(Envelope {
                 records: self.records.clone(),
                 lineage: self.lineage.clone(),
+                facts: self.facts.clone(),
             });
         }
         if consumers > 0 {
@@ -425,7 +496,7 @@ mod tests {
         let mut records: Vec<Record> = (1000..1200).map(record).collect();
         records.swap(3, 150);
         records.remove(7); // id 1007 was filtered
-        lineage.deliver_all(&records);
+        lineage.deliver_all(records.iter().map(Record::id));
         drop(lineage);
         let t = counters.totals();
         assert_eq!((t.completed, t.filtered, t.in_flight), (199, 1, 0));

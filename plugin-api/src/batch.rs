@@ -10,7 +10,7 @@
 use std::{collections::HashMap, time::Duration};
 
 use abi_stable::{
-    std_types::{ROption, RSlice, RVec},
+    std_types::{RArc, ROption, RSlice, RVec},
     StableAbi,
 };
 
@@ -51,12 +51,29 @@ pub enum Outcome {
 
 /// The unit a stage is called with: records moved in (handles on shared data, see
 /// [`Record`]), plus what the stage reports about them.
+///
+/// A host hands every branch of a fan-out the same records, shared: a stage that only reads
+/// its batch (most exporters) costs nothing per record, and its batch goes on as it came. The
+/// first change to the batch (any method taking `&mut self` that touches records) takes the
+/// records for this stage: moved when no other branch holds them, otherwise one handle each
+/// (no record is copied; a record copies itself on its own first change).
 #[repr(C)]
 #[derive(StableAbi, Default)]
 pub struct Batch {
+    /// The records, once taken (or when the batch was made from owned records).
     records: RVec<Record>,
+    /// The records as handed over, while the stage has not changed the batch.
+    shared: ROption<RArc<RVec<Record>>>,
     failures: RVec<Failure>,
     ack: ROption<AckBox>,
+}
+
+/// For hosts: what a stage left in its batch.
+#[doc(hidden)]
+pub enum BatchOutput {
+    /// The records as handed over: the stage did not change the batch.
+    Unchanged(RArc<RVec<Record>>),
+    Changed(RVec<Record>),
 }
 
 impl Batch {
@@ -64,52 +81,67 @@ impl Batch {
     pub fn new(records: impl Into<RVec<Record>>) -> Self {
         Batch {
             records: records.into(),
+            shared: ROption::RNone,
             failures: RVec::new(),
             ack: ROption::RNone,
         }
     }
 
-    /// For hosts: a batch whose deferred records are settled through `ack`.
+    /// For hosts: a batch of shared records, whose deferred records are settled through
+    /// `ack`.
     #[doc(hidden)]
-    pub fn with_ack(records: RVec<Record>, ack: AckBox) -> Self {
+    pub fn with_ack(records: RArc<RVec<Record>>, ack: AckBox) -> Self {
         Batch {
-            records,
+            records: RVec::new(),
+            shared: ROption::RSome(records),
             failures: RVec::new(),
             ack: ROption::RSome(ack),
         }
     }
 
     pub fn len(&self) -> usize {
-        self.records.len()
+        self.records().len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.records.is_empty()
+        self.records().is_empty()
     }
 
     pub fn records(&self) -> &[Record] {
-        &self.records
+        match &self.shared {
+            ROption::RSome(shared) => shared,
+            ROption::RNone => &self.records,
+        }
+    }
+
+    /// The records, taken for this stage (see [`Batch`]).
+    fn owned(&mut self) -> &mut RVec<Record> {
+        if let ROption::RSome(shared) = std::mem::replace(&mut self.shared, ROption::RNone) {
+            self.records = RArc::try_unwrap(shared).unwrap_or_else(|shared| (*shared).clone());
+        }
+        &mut self.records
     }
 
     /// The records, to change (each copies itself on its first change if another branch
     /// holds it too).
     pub fn records_mut(&mut self) -> &mut [Record] {
-        &mut self.records
+        self.owned()
     }
 
     /// Adds a record, for stages that emit more records than they were given (build it with
     /// [`Record::derived`], so that its message is accounted for).
     pub fn push(&mut self, record: Record) {
-        self.records.push(record);
+        self.owned().push(record);
     }
 
     /// Keeps the records for which `keep` returns true; the others count as filtered.
     pub fn retain(&mut self, mut keep: impl FnMut(&mut Record) -> bool) {
-        crate::retain_mut(&mut self.records, |r| keep(r));
+        crate::retain_mut(self.owned(), |r| keep(r));
     }
 
     /// Decides each record's fate in one pass.
     pub fn retain_or_fail(&mut self, mut decide: impl FnMut(&mut Record) -> Outcome) {
+        self.owned();
         let failures = &mut self.failures;
         crate::retain_mut(&mut self.records, |r| match decide(r) {
             Outcome::Keep => true,
@@ -123,7 +155,7 @@ impl Batch {
 
     /// Replaces every record with what `map` makes of it (one record in, one out).
     pub fn map(&mut self, mut map: impl FnMut(Record) -> Record) {
-        let records = std::mem::take(&mut self.records);
+        let records = std::mem::take(self.owned());
         self.records = records.into_iter().map(&mut map).collect();
     }
 
@@ -140,15 +172,16 @@ impl Batch {
     /// Takes every record, to deliver later (from any thread): they stay in flight, counted
     /// against the pipeline's bound, until the [`Deferred`] is settled. No record is copied.
     pub fn defer_all(&mut self) -> Deferred {
-        let records: Vec<Record> = std::mem::take(&mut self.records).into_vec();
+        let records: Vec<Record> = std::mem::take(self.owned()).into_vec();
         self.deferral(records)
     }
 
     /// Takes the records `pick` chooses, to deliver later; the others stay in the batch.
     pub fn defer(&mut self, mut pick: impl FnMut(&Record) -> bool) -> Deferred {
         let mut taken = Vec::new();
-        let mut kept = RVec::with_capacity(self.records.len());
-        for r in std::mem::take(&mut self.records) {
+        let records = std::mem::take(self.owned());
+        let mut kept = RVec::with_capacity(records.len());
+        for r in records {
             if pick(&r) {
                 taken.push(r);
             } else {
@@ -175,10 +208,23 @@ impl Batch {
         }
     }
 
-    /// For hosts: the records left and the failures reported.
+    /// For hosts and tests: the records left (taken, if they were shared) and the failures
+    /// reported.
     #[doc(hidden)]
-    pub fn into_parts(self) -> (RVec<Record>, RVec<Failure>) {
+    pub fn into_parts(mut self) -> (RVec<Record>, RVec<Failure>) {
+        self.owned();
         (self.records, self.failures)
+    }
+
+    /// For hosts: the records left, shared as they came when the stage did not change the
+    /// batch, and the failures reported.
+    #[doc(hidden)]
+    pub fn into_output(self) -> (BatchOutput, RVec<Failure>) {
+        let output = match self.shared {
+            ROption::RSome(shared) => BatchOutput::Unchanged(shared),
+            ROption::RNone => BatchOutput::Changed(self.records),
+        };
+        (output, self.failures)
     }
 }
 

@@ -28,7 +28,7 @@ pub mod value;
 
 #[doc(hidden)]
 pub use abi_stable;
-pub use batch::{Batch, Deferred, Failure, Outcome, Settlement, Ticket};
+pub use batch::{Batch, BatchOutput, Deferred, Failure, Outcome, Settlement, Ticket};
 pub use json::JsonError;
 pub use kinds::{HealthReport, HealthStatus, LogLevel, MetricKind, StageError, StageKind};
 pub use module::{

@@ -20,7 +20,7 @@ use abi_stable::{
 
 use crate::{
     module::{FfiAck, FfiAck_TO},
-    sdk, Batch, Record, Stage, StageError,
+    sdk, Batch, Map, Record, Stage, StageError,
 };
 
 /// How long the check waits for records a stage took for later to be settled.
@@ -78,6 +78,8 @@ impl FfiAck for RecordingAck {
 /// - accepts `config_json` and rejects it with an unknown key added (typos must be errors);
 /// - builds, and handles `records` (each given a distinct message id where it has none)
 ///   without an error or a panic;
+/// - changes nothing another branch of a fan-out sees (the batch is handed over shared, as
+///   a host does);
 /// - leaves only records that belong to a message it was given (kept, or derived with
 ///   [`Record::derived`]), and fails or takes for later only such records, no message both
 ///   kept and failed, and none both settled and left;
@@ -130,10 +132,21 @@ pub fn assert_stage_compliance<S: Stage>(config_json: &str, records: Vec<Record>
         .collect();
     let ack = RecordingAck::default();
     let handle = FfiAck_TO::from_ptr(RArc::new(ack.clone()), TD_Opaque);
-    let mut batch = Batch::with_ack(records, handle);
+    // As a host hands records over: shared, here with another branch of a fan-out, which
+    // must see them exactly as they were whatever this stage does.
+    let shared = RArc::new(records);
+    let other_branch = shared.clone();
+    let before: Vec<(u64, Map)> = other_branch.iter().map(|r| (r.id(), r.to_map())).collect();
+    let mut batch = Batch::with_ack(shared, handle);
     if let RResult::RErr(e) = stage.process(&mut batch) {
         panic!("stage `{name}` failed its batch: {e}");
     }
+    let after: Vec<(u64, Map)> = other_branch.iter().map(|r| (r.id(), r.to_map())).collect();
+    assert!(
+        before == after,
+        "stage `{name}` changed records another branch of a fan-out holds too"
+    );
+    drop(other_branch);
     let kept: HashSet<u64> = batch.records().iter().map(Record::id).collect();
     for id in &kept {
         assert!(given.contains(id), "stage `{name}` left a record of message {id}, which it was not given (keep the message: Record::derived)");

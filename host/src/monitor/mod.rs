@@ -19,7 +19,7 @@ use serde::Serialize;
 
 pub use plugin::PluginMetrics;
 pub use stage::{
-    latency_histogram, CallOutcome, Counts, LatencySummary, StageSnapshot, StageStats,
+    latency_histogram, type_tally, CallOutcome, Counts, LatencySummary, StageSnapshot, StageStats,
 };
 
 use crate::accounting::{PipelineCounters, Totals};

@@ -11,7 +11,7 @@ use hdrhistogram::Histogram;
 use plugin_api::{Failure, Record, StageError, StageKind, ValueKind};
 use serde::Serialize;
 
-use crate::lock;
+use crate::{accounting::Tally, lock};
 
 /// Distinct data-type values counted per stage; more are counted as `other`.
 const MAX_TYPES: usize = 1000;
@@ -34,6 +34,24 @@ pub enum CallOutcome<'a> {
         records_in: usize,
         error: &'a StageError,
     },
+}
+
+/// Counts `records` by the value of `field` (missing: `none`; not a string: `other`). A
+/// batch holds few distinct types: they are tallied in a short list.
+pub fn type_tally(records: &[Record], field: &str) -> Tally {
+    let mut tally: Vec<(&str, u64)> = Vec::with_capacity(8);
+    for r in records {
+        let t = match r.get(field).map(|v| v.kind()) {
+            Some(ValueKind::Str(v)) => v,
+            Some(_) => "other",
+            None => "none",
+        };
+        match tally.iter_mut().find(|(k, _)| *k == t) {
+            Some((_, n)) => *n += 1,
+            None => tally.push((t, 1)),
+        }
+    }
+    tally.into_iter().map(|(t, n)| (t.into(), n)).collect()
 }
 
 /// Plain counts, cumulative or for one window.
@@ -236,58 +254,26 @@ impl StageStats {
         }
     }
 
-    /// Counts the records of a batch by the value of `field` (missing: `none`). Runs are
-    /// tallied locally first: a batch holds few distinct types, so the maps are touched once
-    /// per type per batch, not per record.
-    pub fn record_types(&self, records: &[Record], field: &str) {
-        let mut tally: Vec<(&str, u64)> = Vec::with_capacity(8);
-        for r in records {
-            let t = match r.get(field).map(|v| v.kind()) {
-                Some(ValueKind::Str(v)) => v,
-                Some(_) => "other",
-                None => "none",
-            };
-            match tally.iter_mut().find(|(k, _)| *k == t) {
-                Some((_, n)) => *n += 1,
-                None => tally.push((t, 1)),
-            }
-        }
+    /// Counts a batch's records by type (see [`type_tally`]): the maps are touched once per
+    /// type per batch, not per record.
+    pub fn record_types(&self, tally: &Tally) {
         let mut guard = lock(&self.state);
         let s = &mut *guard;
-        for (t, n) in tally {
-            Counts::bump(&mut s.total.data_types, t, n);
-            Counts::bump(&mut s.window.data_types, t, n);
+        for (t, n) in tally.iter() {
+            Counts::bump(&mut s.total.data_types, t, *n);
+            Counts::bump(&mut s.window.data_types, t, *n);
         }
     }
 
-    /// Records ingest-to-delivery latency for records this stage delivered. Records no
-    /// message produced (the monitor's own windows) have no ingest time and are skipped.
-    pub fn record_delivered(&self, records: &[Record], now_ns: u64) {
+    /// Records ingest-to-delivery latency for records this stage delivered, from when their
+    /// messages were received (see [`crate::accounting::received_runs`]): one histogram
+    /// update per run, a few per batch.
+    pub fn record_delivered(&self, received: &[(u64, u64)], now_ns: u64) {
         let mut s = lock(&self.state);
-        // Records read together share their receive time: one histogram update per run of
-        // equal times (a few per batch), not one per record.
-        let mut run: Option<(u64, u64)> = None;
-        let flush = |s: &mut State, (at, n): (u64, u64)| {
+        for &(at, n) in received {
             let ns = now_ns.saturating_sub(at).max(1);
             let _ = s.e2e.record_n(ns, n);
             let _ = s.window_e2e.record_n(ns, n);
-        };
-        for at in records
-            .iter()
-            .map(Record::received_at_ns)
-            .filter(|&at| at != 0)
-        {
-            match &mut run {
-                Some((t, n)) if *t == at => *n += 1,
-                _ => {
-                    if let Some(done) = run.replace((at, 1)) {
-                        flush(&mut s, done);
-                    }
-                }
-            }
-        }
-        if let Some(done) = run {
-            flush(&mut s, done);
         }
     }
 
@@ -431,7 +417,7 @@ mod tests {
             })
             .chain(std::iter::once(Record::default()))
             .collect();
-        stats.record_types(&recs, "type");
+        stats.record_types(&type_tally(&recs, "type"));
         let c = stats.snapshot(Duration::from_secs(1)).counts;
         assert_eq!(c.data_types["a"], 2);
         assert_eq!(c.data_types["b"], 1);

@@ -8,7 +8,7 @@ use std::sync::{
     Arc,
 };
 
-use abi_stable::std_types::RVec;
+use abi_stable::std_types::{RArc, RVec};
 use plugin_api::Record;
 use tokio::sync::{mpsc, watch};
 
@@ -18,7 +18,7 @@ use super::{
     DecodeError,
 };
 use crate::{
-    accounting::{Envelope, PipelineCounters, DRAIN_TIMEOUT},
+    accounting::{Envelope, Facts, PipelineCounters, DRAIN_TIMEOUT},
     config::{Decode, SocketKind, SourceConfig},
 };
 
@@ -212,10 +212,20 @@ pub async fn send_batch(
     give_up: &mut watch::Receiver<bool>,
 ) {
     let first_id = next_id.fetch_add(records.len() as u64, Relaxed);
+    // What every consumer would otherwise read off each record: ids and receive times.
+    let mut received: Vec<(u64, u64)> = Vec::new();
     for (i, r) in records.iter_mut().enumerate() {
         let (size, at) = (r.size_bytes(), r.received_at_ns());
         r.set_origin(first_id + i as u64, size, at);
+        match received.last_mut() {
+            Some((t, n)) if *t == at => *n += 1,
+            _ => received.push((at, 1)),
+        }
     }
+    let facts = Facts::known(
+        (first_id..first_id + records.len() as u64).collect(),
+        received.into(),
+    );
     let lineage = tokio::select! {
         lineage = counters.admit(first_id, records.len()) => lineage,
         () = gave_up(give_up) => {
@@ -224,7 +234,12 @@ pub async fn send_batch(
         }
     };
     // A source nobody reads delivers its messages nowhere: they settle as filtered.
-    let envelopes = Envelope { records, lineage }.fan_out(outputs.len());
+    let envelope = Envelope {
+        records: RArc::new(records),
+        lineage,
+        facts: Arc::new(facts),
+    };
+    let envelopes = envelope.fan_out(outputs.len());
     for (tx, envelope) in outputs.iter().zip(envelopes) {
         let sent = tokio::select! {
             sent = tx.reserve() => sent,

@@ -208,14 +208,10 @@ async fn export_window(
         }
     };
     // Snapshots are not messages: an empty lineage keeps them out of the message totals.
-    let lineage = counters.unaccounted();
-    for tx in targets {
-        let mut records = RVec::with_capacity(1);
-        records.push(record.clone());
-        let envelope = Envelope {
-            records,
-            lineage: lineage.clone(),
-        };
+    let mut records = RVec::with_capacity(1);
+    records.push(record);
+    let envelope = Envelope::new(records, counters.unaccounted());
+    for (tx, envelope) in targets.iter().zip(envelope.fan_out(targets.len())) {
         if tx.send(envelope).await.is_err() {
             tracing::warn!("a monitoring.export_to stage stopped before the window could reach it");
         }

@@ -25,7 +25,7 @@ use abi_stable::{
     sabi_trait::TD_Opaque,
     std_types::{RArc, RErr, ROk, RSlice, RVec},
 };
-use plugin_api::{Batch, FfiAck, FfiAck_TO, Record, StageBox, StageError, StageKind};
+use plugin_api::{Batch, BatchOutput, FfiAck, FfiAck_TO, Record, StageBox, StageError, StageKind};
 use tokio::sync::{mpsc, watch, Notify};
 
 use super::probe::StageProbe;
@@ -33,7 +33,7 @@ use crate::{
     accounting::{Envelope, Lineage, DRAIN_TIMEOUT},
     clock::unix_ns,
     coordinator::Coordinator,
-    monitor::{CallOutcome, StageStats},
+    monitor::{type_tally, CallOutcome, StageStats},
 };
 
 /// Records handed back by a stage, due to be called with again. They stay pending in their
@@ -166,7 +166,6 @@ struct Running {
     retries: std_mpsc::Receiver<Retry>,
     delayed: Vec<Retry>,
     next_tick: Option<Instant>,
-    ids: Vec<u64>,
     /// Exporters deliver what they keep; so does any stage nobody reads from.
     delivers: bool,
     /// Data types and ingest-to-delivery latency are observation too: none when disabled.
@@ -190,7 +189,6 @@ impl Worker {
             retries: retry_rx,
             delayed: Vec::new(),
             next_tick: None,
-            ids: Vec::with_capacity(1024),
             delivers: self.kind == StageKind::Exporter || self.outputs.is_empty(),
             observed,
         };
@@ -224,7 +222,7 @@ impl Worker {
                     records, lineage, ..
                 } = run.delayed.remove(i);
                 let ids: Vec<u64> = records.iter().map(Record::id).collect();
-                self.handle(&mut run, records, lineage.clone());
+                self.handle(&mut run, Envelope::new(records, lineage.clone()));
                 // Pending until now, so that no drain timeout could find them neither held
                 // nor delivered; the call has settled them or taken them again.
                 for id in ids {
@@ -238,8 +236,8 @@ impl Worker {
             }
             if input_open && ready {
                 match self.input.try_recv() {
-                    Ok(Envelope { records, lineage }) => {
-                        self.handle(&mut run, records, lineage);
+                    Ok(envelope) => {
+                        self.handle(&mut run, envelope);
                         continue;
                     }
                     Err(mpsc::error::TryRecvError::Disconnected) => input_open = false,
@@ -261,9 +259,7 @@ impl Worker {
                 }
             }
             match self.wait(&run, input_open, ready) {
-                Wake::Batch(Envelope { records, lineage }) => {
-                    self.handle(&mut run, records, lineage)
-                }
+                Wake::Batch(envelope) => self.handle(&mut run, envelope),
                 Wake::InputClosed => input_open = false,
                 Wake::Health => self.answer_health(),
                 Wake::Acks | Wake::Timer => {}
@@ -357,17 +353,25 @@ impl Worker {
         }
     }
 
-    /// One call of the stage with `records`.
-    fn handle(&mut self, run: &mut Running, records: RVec<Record>, lineage: Arc<Lineage>) {
+    /// One call of the stage with an envelope's records.
+    fn handle(&mut self, run: &mut Running, envelope: Envelope) {
+        let Envelope {
+            records,
+            lineage,
+            facts,
+        } = envelope;
         // What is still queued behind this batch: a stage that keeps a deep queue is the
         // pipeline's bottleneck.
         self.coordinator
             .record_metric("input_queue_batches", self.input.len() as f64);
         let records_in = records.len();
-        run.ids.clear();
-        run.ids.extend(records.iter().map(Record::id));
+        // Kept for a call that fails as a whole: by then the stage may have taken the
+        // records. Worked out once for every branch the batch went to, like the types.
+        let ids = facts.ids(&records);
         if run.observed {
-            self.stats.record_types(&records, &self.type_field);
+            let field = &self.type_field;
+            self.stats
+                .record_types(facts.types(|| type_tally(&records, field)));
         }
         let ack = HostAck {
             lineage: lineage.clone(),
@@ -377,7 +381,11 @@ impl Worker {
         let phase = self.coordinator.start_phase();
         let stage = &mut self.stage;
         let result = self.probe.call(|| stage.process(&mut batch));
-        let (records, failures) = batch.into_parts();
+        let (output, failures) = batch.into_output();
+        let records_out = match &output {
+            BatchOutput::Unchanged(records) => records.len(),
+            BatchOutput::Changed(records) => records.len(),
+        };
         match result {
             ROk(()) => {
                 for f in failures.iter() {
@@ -387,14 +395,14 @@ impl Worker {
                     phase,
                     &CallOutcome::Success {
                         records_in,
-                        records_out: records.len(),
+                        records_out,
                         failures: &failures,
                     },
                 );
             }
             RErr(error) => {
                 // The whole batch failed; whatever the stage left in it is suspect.
-                for id in &run.ids {
+                for id in ids {
                     lineage.failed(*id, error.kind());
                 }
                 self.coordinator.end_phase(
@@ -412,17 +420,33 @@ impl Worker {
                 return;
             }
         }
+        // A batch the stage did not change goes on as it came, with what is known about it.
+        let envelope = match output {
+            BatchOutput::Unchanged(records) => Envelope {
+                records,
+                lineage,
+                facts,
+            },
+            BatchOutput::Changed(records) => Envelope::new(records, lineage),
+        };
         if run.delivers {
-            lineage.deliver_all(&records);
+            let (records, facts) = (&envelope.records, &envelope.facts);
+            envelope
+                .lineage
+                .deliver_all(facts.ids(records).iter().copied());
             if run.observed {
-                self.stats.record_delivered(&records, unix_ns());
+                self.stats
+                    .record_delivered(facts.received(records), unix_ns());
             }
         }
-        if records.is_empty() || self.outputs.is_empty() {
+        if envelope.records.is_empty() || self.outputs.is_empty() {
             return;
         }
-        let envelopes = Envelope { records, lineage }.fan_out(self.outputs.len());
-        for (tx, envelope) in self.outputs.iter().zip(envelopes) {
+        for (tx, envelope) in self
+            .outputs
+            .iter()
+            .zip(envelope.fan_out(self.outputs.len()))
+        {
             if let Err(mpsc::error::SendError(lost)) = tx.blocking_send(envelope) {
                 lost.fail_all("pipeline_closed");
             }
