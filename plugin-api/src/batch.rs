@@ -159,6 +159,15 @@ impl Batch {
         self.records = records.into_iter().map(&mut map).collect();
     }
 
+    /// Replaces every record with a new one `derive` makes from it (build it on
+    /// [`Record::derived`], so that its message is still accounted for). The old records are
+    /// only read: when other branches share them, nothing of theirs is taken or copied.
+    pub fn derive(&mut self, mut derive: impl FnMut(&Record) -> Record) {
+        let derived: RVec<Record> = self.records().iter().map(&mut derive).collect();
+        self.shared = ROption::RNone;
+        self.records = derived;
+    }
+
     /// Reports a failure for the message with id `id`: a record the stage has taken out of
     /// the batch, or one it has written only in part.
     pub fn fail(&mut self, id: u64, error: StageError) {
@@ -437,5 +446,95 @@ impl Drop for Ticket {
                 ack.failed(RSlice::from_slice(&p.ids), &error);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        module::{FfiAck, FfiAck_TO},
+        Value,
+    };
+    use abi_stable::sabi_trait::TD_Opaque;
+
+    #[derive(Clone)]
+    struct NoAck;
+    impl FfiAck for NoAck {
+        fn deferred(&self, _: RSlice<'_, u64>) {}
+        fn delivered(&self, _: RSlice<'_, u64>) {}
+        fn failed(&self, _: RSlice<'_, u64>, _: &StageError) {}
+        fn retry(&self, _: RVec<Record>, _: u64) {}
+    }
+
+    fn shared(n: u64) -> (RArc<RVec<Record>>, Batch) {
+        let records: RVec<Record> = (1..=n)
+            .map(|id| {
+                let mut r: Record = [("n", id as i64)].into_iter().collect();
+                r.set_origin(id, 10, 0);
+                r
+            })
+            .collect();
+        let records = RArc::new(records);
+        let ack = FfiAck_TO::from_ptr(RArc::new(NoAck), TD_Opaque);
+        (records.clone(), Batch::with_ack(records, ack))
+    }
+
+    #[test]
+    fn a_batch_only_read_goes_on_as_it_came() {
+        let (other, batch) = shared(3);
+        assert_eq!(batch.records().len(), 3);
+        match batch.into_output().0 {
+            BatchOutput::Unchanged(records) => assert!(std::ptr::eq(&*records, &*other)),
+            BatchOutput::Changed(_) => panic!("a batch only read was taken"),
+        }
+    }
+
+    #[test]
+    fn the_first_change_takes_the_records_and_leaves_other_branches_alone() {
+        let (other, mut batch) = shared(3);
+        batch.retain(|r| r.id() != 2);
+        for r in batch.records_mut() {
+            r.insert("n", "changed");
+        }
+        let BatchOutput::Changed(mine) = batch.into_output().0 else {
+            panic!("a changed batch went on unchanged");
+        };
+        assert_eq!(mine.iter().map(Record::id).collect::<Vec<_>>(), [1, 3]);
+        assert!(mine
+            .iter()
+            .all(|r| r.get("n").is_some_and(|v| v == Value::from("changed"))));
+        assert_eq!(other.len(), 3);
+        assert!(other
+            .iter()
+            .all(|r| r.get("n").and_then(|v| v.as_i64()) == Some(r.id() as i64)));
+    }
+
+    #[test]
+    fn derived_records_leave_the_shared_ones_untaken() {
+        let (other, mut batch) = shared(4);
+        batch.derive(|r| {
+            let mut d = r.derived();
+            d.insert(
+                "double",
+                r.get("n").and_then(|v| v.as_i64()).unwrap_or(0) * 2,
+            );
+            d
+        });
+        let (BatchOutput::Changed(derived), _) = batch.into_output() else {
+            panic!("derived records went on as the old ones");
+        };
+        let doubles: Vec<i64> = derived
+            .iter()
+            .map(|r| r.get("double").and_then(|v| v.as_i64()).unwrap())
+            .collect();
+        assert_eq!(doubles, [2, 4, 6, 8]);
+        assert_eq!(
+            derived.iter().map(Record::id).collect::<Vec<_>>(),
+            [1, 2, 3, 4]
+        );
+        // The shared records were only read: nobody else holds them now.
+        assert!(other.iter().all(|r| !r.is_shared()));
+        assert_eq!(RArc::strong_count(&other), 1);
     }
 }

@@ -44,7 +44,7 @@ pub use sdk::{
 pub use serde;
 pub use serde_json;
 pub use tracing;
-pub use value::{ListRef, Map, MapRef, Value, ValueKind, ValueRef};
+pub use value::{IntoValue, ListRef, Map, MapRef, Value, ValueKind, ValueRef};
 
 /// `Vec::retain_mut` for `RVec`, which lacks it: keeps order, moves each kept item once.
 pub(crate) fn retain_mut<T>(

@@ -21,7 +21,7 @@ use abi_stable::{
 };
 use serde::{Serialize, Serializer};
 
-use crate::value::{Map, MapRef, Value, ValueRef};
+use crate::value::{IntoValue, Map, MapRef, Value, ValueRef, ValueWriter};
 
 /// W3C trace context: the trace and the span a record belongs to.
 #[repr(C)]
@@ -377,7 +377,13 @@ impl Record {
     /// trace context): what a stage that makes new records from old ones should build on, so
     /// that the message is still accounted for.
     pub fn derived(&self) -> Record {
-        self.derived_with(Map::new())
+        // Room for a few fields, as a stage that builds one field by field will add.
+        Record::from_parts(
+            self.data.meta,
+            0,
+            RVec::with_capacity(8),
+            RVec::with_capacity(128),
+        )
     }
 
     /// A record holding `fields` that counts as coming from the same message as `self`.
@@ -502,14 +508,10 @@ impl Record {
     }
 
     /// Sets `key` to `value`, replacing an existing field in place (where it is) or
-    /// appending a new one. Copies the record first if another branch holds it too.
-    pub fn insert(&mut self, key: &str, value: impl Into<Value>) {
-        self.insert_ref(key, &value.into());
-    }
-
-    /// [`Record::insert`] from a borrowed value: nothing is cloned (a stage setting the same
-    /// configured value on every record).
-    pub fn insert_ref(&mut self, key: &str, value: &Value) {
+    /// appending a new one. Copies the record first if another branch holds it too. The
+    /// value is written straight into the record: a number, a `&str` or a `&Value` costs no
+    /// allocation of its own.
+    pub fn insert(&mut self, key: &str, value: impl IntoValue) {
         let existing = self.position(key);
         let data = self.data_mut();
         match existing {
@@ -518,11 +520,13 @@ impl Record {
                 // a scalar replacing a scalar allocates nothing.
                 let key = (data.entries[at].key_off, data.entries[at].key_len);
                 let start = data.entries.len();
-                TapeBuilder {
-                    entries: &mut data.entries,
-                    bytes: &mut data.bytes,
-                }
-                .value(key, value);
+                value.write(&mut ValueWriter {
+                    b: TapeBuilder {
+                        entries: &mut data.entries,
+                        bytes: &mut data.bytes,
+                    },
+                    key,
+                });
                 if data.entries.len() - start == 1 && data.entries[at].subtree == 0 {
                     data.entries[at] = data.entries[start];
                     data.entries.truncate(start);
@@ -538,7 +542,7 @@ impl Record {
                     bytes: &mut data.bytes,
                 };
                 let key = b.push_bytes(key.as_bytes());
-                b.value(key, value);
+                value.write(&mut ValueWriter { b, key });
                 data.fields += 1;
             }
         }
@@ -883,7 +887,7 @@ mod tests {
                 for op in &ops {
                     let want = apply(&mut model, op);
                     match op {
-                        Op::Insert(k, v) => record.insert_ref(k, v),
+                        Op::Insert(k, v) => record.insert(k, v),
                         Op::Remove(k) => prop_assert_eq!(record.remove(k), want),
                         Op::Rename(a, b) => prop_assert_eq!(record.rename(a, b), want.is_some()),
                         Op::Retain(drop) => record.retain(|k, _| k != drop),

@@ -10,7 +10,7 @@ use std::fmt;
 
 use serde::{ser::SerializeMap, ser::SerializeSeq, Serialize, Serializer};
 
-use crate::record::{Entry, Tape};
+use crate::record::{Entry, Tape, TapeBuilder};
 
 /// A dynamically typed value, owned: what a stage builds and hands to
 /// [`crate::Record::insert`], and what [`ValueRef::to_value`] makes of a view.
@@ -174,6 +174,63 @@ from_scalar! {
     String => |v| Value::Str(v),
     Vec<Value> => |v| Value::List(v),
     Map => |v| Value::Map(v),
+}
+
+/// What [`crate::Record::insert`] takes: anything a [`Value`] can be made from, written
+/// straight into the record, so that a number or a `&str` costs no allocation of its own.
+pub trait IntoValue: sealed::Sealed {
+    #[doc(hidden)]
+    fn write(self, w: &mut ValueWriter<'_>);
+}
+
+mod sealed {
+    pub trait Sealed {}
+}
+
+/// Where [`IntoValue`] writes: a record's table, under one key.
+#[doc(hidden)]
+pub struct ValueWriter<'b> {
+    pub(crate) b: TapeBuilder<'b>,
+    pub(crate) key: (u32, u32),
+}
+
+impl ValueWriter<'_> {
+    fn scalar(&mut self, tag: u8, payload: u64) {
+        self.b.push(Entry::new(tag, self.key, 0, payload));
+    }
+}
+
+macro_rules! into_value {
+    ($($t:ty => |$v:ident, $w:ident| $e:expr),+ $(,)?) => {$(
+        impl sealed::Sealed for $t {}
+        impl IntoValue for $t {
+            #[inline]
+            fn write(self, $w: &mut ValueWriter<'_>) {
+                let $v = self;
+                $e
+            }
+        }
+    )+};
+}
+
+into_value! {
+    bool => |v, w| w.scalar(Entry::BOOL, u64::from(v)),
+    i64 => |v, w| w.scalar(Entry::INT, v as u64),
+    i32 => |v, w| w.scalar(Entry::INT, i64::from(v) as u64),
+    u32 => |v, w| w.scalar(Entry::INT, u64::from(v)),
+    f64 => |v, w| w.scalar(Entry::FLOAT, v.to_bits()),
+    &str => |v, w| {
+        let (off, len) = w.b.push_bytes(v.as_bytes());
+        w.b.push(Entry::new(Entry::STR, w.key, len, u64::from(off)));
+    },
+    &String => |v, w| v.as_str().write(w),
+    String => |v, w| v.as_str().write(w),
+    &Value => |v, w| w.b.value(w.key, v),
+    Value => |v, w| w.b.value(w.key, &v),
+    Option<Value> => |v, w| w.b.value(w.key, &v.unwrap_or_default()),
+    Vec<Value> => |v, w| w.b.value(w.key, &Value::List(v)),
+    Map => |v, w| w.b.value(w.key, &Value::Map(v)),
+    ValueRef<'_> => |v, w| w.b.value(w.key, &v.to_value()),
 }
 
 impl From<Option<Value>> for Value {

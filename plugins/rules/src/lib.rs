@@ -100,7 +100,7 @@ impl Rules {
             record.rename(from, to);
         }
         for (key, value) in &self.set {
-            record.insert_ref(key, value);
+            record.insert(key, value);
         }
     }
 }
