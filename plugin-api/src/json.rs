@@ -7,8 +7,11 @@
 //! - integers are kept exactly as `i64`, and refused beyond it, as are numbers beyond `f64`
 //!   ([`JsonError::NumberOutOfRange`]): never a silent conversion to a float.
 //!
-//! Decoding is one pass over the text, straight into the record's fields; keys and strings
-//! of up to 31 bytes cost no allocation.
+//! [`Record::from_json`] (what sources run on every message) is one pass over the text,
+//! straight into the record's table: two allocations per message, none per field. The
+//! `Deserialize` impls (stage configs, tests) go through serde with the same rules, except
+//! that serde's JSON reader hands integers beyond `u64` over as floats, so there they cannot
+//! be told from floats.
 
 use std::{cell::Cell, fmt};
 
@@ -59,12 +62,11 @@ impl fmt::Display for JsonError {
 
 impl std::error::Error for JsonError {}
 
-/// What a parse found out beside the value: why it failed, when it was one of this module's
-/// rules, and whether a float that may have been an overflowing integer was seen.
+/// The rules as the serde path applies them (a `Deserialize` of records, values and maps:
+/// stage configs, tests), and which one a parse broke.
 #[derive(Default)]
 struct Policy {
     error: Cell<Option<JsonError>>,
-    float_beyond_i64: Cell<bool>,
 }
 
 impl Policy {
@@ -82,14 +84,6 @@ impl Policy {
         })
     }
 
-    /// serde_json hands an integer literal that overflows u64 or i64 over as a float. Only a
-    /// float this large can be one; the text is checked for it after the parse.
-    fn float(&self, v: f64) {
-        if v.fract() == 0.0 && (v >= I64_BOUND || v <= -I64_BOUND) {
-            self.float_beyond_i64.set(true);
-        }
-    }
-
     fn duplicate<E: de::Error>(&self, key: &str) -> E {
         self.fail(
             JsonError::DuplicateKey,
@@ -98,14 +92,72 @@ impl Policy {
     }
 }
 
-/// 2^63: integers at or beyond it (or at or below its negative) do not fit `i64`.
-const I64_BOUND: f64 = 9_223_372_036_854_775_808.0;
-
-/// Maps this small are checked for duplicate keys by comparing each key with those before
-/// it; larger ones by sorting their keys once (a map of n keys costs n log n, not n^2).
+/// Objects with up to this many keys are checked for duplicates linearly (see [`KeyCheck`]).
 const LINEAR_DUPLICATE_CHECK: usize = 16;
 
 // ---- JSON into a record's table, in one pass ----
+
+/// Checks an object's keys for duplicates as they come: each of the first ones against
+/// those before it, the rest by sorting them all once at the end (a map of n keys costs
+/// n log n, not n^2).
+struct KeyCheck {
+    first: [(u32, u32); LINEAR_DUPLICATE_CHECK],
+    n: usize,
+    all: Vec<(u32, u32)>,
+}
+
+impl KeyCheck {
+    fn new() -> KeyCheck {
+        KeyCheck {
+            first: [(0, 0); LINEAR_DUPLICATE_CHECK],
+            n: 0,
+            all: Vec::new(),
+        }
+    }
+
+    /// Adds `key` (where it is in `bytes`); returns it again if it was seen before.
+    #[inline]
+    fn add<'a>(&mut self, key: (u32, u32), bytes: &'a [u8]) -> Option<&'a [u8]> {
+        let k = |(off, len): (u32, u32)| &bytes[off as usize..(off + len) as usize];
+        if self.n < LINEAR_DUPLICATE_CHECK {
+            if self.first[..self.n].iter().any(|&seen| k(seen) == k(key)) {
+                return Some(k(key));
+            }
+            self.first[self.n] = key;
+        } else {
+            if self.all.is_empty() {
+                self.all.extend_from_slice(&self.first);
+            }
+            self.all.push(key);
+        }
+        self.n += 1;
+        None
+    }
+
+    /// After the last key: a key that came twice among the later ones, if any.
+    fn finish(mut self, bytes: &[u8]) -> Option<&[u8]> {
+        let k = |(off, len): (u32, u32)| &bytes[off as usize..(off + len) as usize];
+        self.all.sort_unstable_by(|x, y| k(*x).cmp(k(*y)));
+        self.all
+            .windows(2)
+            .find(|w| k(w[0]) == k(w[1]))
+            .map(|pair| k(pair[0]))
+    }
+}
+
+/// The trace context of a top-level field written at `value_at` under `key`, when it is a
+/// valid `traceparent` string.
+fn traceparent(b: &TapeBuilder<'_>, key: (u32, u32), value_at: usize) -> Option<TraceContext> {
+    let bytes: &[u8] = b.bytes;
+    let e = b.entries.get(value_at)?;
+    if &bytes[key.0 as usize..(key.0 + key.1) as usize] != b"traceparent" || e.tag != Entry::STR {
+        return None;
+    }
+    let text = bytes.get(e.payload as usize..e.payload as usize + e.len as usize)?;
+    std::str::from_utf8(text)
+        .ok()
+        .and_then(TraceContext::from_traceparent)
+}
 
 /// One value into the table, under `key`.
 struct TapeSeed<'s, 'b> {
@@ -152,7 +204,6 @@ impl<'de> Visitor<'de> for TapeSeed<'_, '_> {
         self.visit_i64(v)
     }
     fn visit_f64<E>(self, v: f64) -> Result<(), E> {
-        self.policy.float(v);
         self.b
             .push(Entry::new(Entry::FLOAT, self.key, 0, v.to_bits()));
         Ok(())
@@ -201,24 +252,11 @@ fn tape_fields<'de, A: MapAccess<'de>>(
     policy: &Policy,
     mut trace: Option<&mut Option<TraceContext>>,
 ) -> Result<usize, A::Error> {
-    // The first keys, to check the next ones against without a pass over the table.
-    let mut first_keys = [(0u32, 0u32); LINEAR_DUPLICATE_CHECK];
-    let mut all_keys: Vec<(u32, u32)> = Vec::new();
+    let mut keys = KeyCheck::new();
     let mut n = 0;
     while let Some(key) = map.next_key_seed(KeySeed(&mut *b))? {
-        if n < LINEAR_DUPLICATE_CHECK {
-            let bytes: &[u8] = b.bytes;
-            let k = |(off, len): (u32, u32)| &bytes[off as usize..(off + len) as usize];
-            if first_keys[..n].iter().any(|&seen| k(seen) == k(key)) {
-                let key = String::from_utf8_lossy(k(key)).into_owned();
-                return Err(policy.duplicate(&key));
-            }
-            first_keys[n] = key;
-        } else {
-            if all_keys.is_empty() {
-                all_keys.extend_from_slice(&first_keys);
-            }
-            all_keys.push(key);
+        if let Some(twice) = keys.add(key, b.bytes) {
+            return Err(policy.duplicate(&String::from_utf8_lossy(twice)));
         }
         let value_at = b.entries.len();
         map.next_value_seed(TapeSeed {
@@ -227,27 +265,16 @@ fn tape_fields<'de, A: MapAccess<'de>>(
             key,
         })?;
         if let Some(trace) = trace.as_deref_mut() {
-            let e = b.entries[value_at];
-            let bytes: &[u8] = b.bytes;
-            if &bytes[key.0 as usize..(key.0 + key.1) as usize] == b"traceparent"
-                && e.tag == Entry::STR
-            {
-                let text = std::str::from_utf8(
-                    &bytes[e.payload as usize..e.payload as usize + e.len as usize],
-                );
-                *trace = text.ok().and_then(TraceContext::from_traceparent);
+            if let Some(t) = traceparent(b, key, value_at) {
+                *trace = Some(t);
+            } else if &b.bytes[key.0 as usize..(key.0 + key.1) as usize] == b"traceparent" {
+                *trace = None;
             }
         }
         n += 1;
     }
-    if !all_keys.is_empty() {
-        let bytes: &[u8] = b.bytes;
-        let k = |(off, len): (u32, u32)| &bytes[off as usize..(off + len) as usize];
-        all_keys.sort_unstable_by(|x, y| k(*x).cmp(k(*y)));
-        if let Some(pair) = all_keys.windows(2).find(|w| k(w[0]) == k(w[1])) {
-            let key = String::from_utf8_lossy(k(pair[0])).into_owned();
-            return Err(policy.duplicate(&key));
-        }
+    if let Some(twice) = keys.finish(b.bytes) {
+        return Err(policy.duplicate(&String::from_utf8_lossy(twice)));
     }
     Ok(n)
 }
@@ -309,67 +336,445 @@ impl Record {
     /// Parses one JSON object into a record, as the host's sources do with every message
     /// (see the [module](crate::json) for the policy). A top-level `traceparent` field (W3C
     /// trace context) also becomes the record's [`Record::trace`]; the field stays.
+    ///
+    /// One pass over the text, straight into the record's table: two allocations per
+    /// message, none per field.
     pub fn from_json(bytes: &[u8]) -> Result<Record, JsonError> {
-        let text = std::str::from_utf8(bytes).map_err(|_| JsonError::InvalidUtf8)?;
-        let policy = Policy::default();
-        let mut de = serde_json::Deserializer::from_str(text);
-        let parsed = de
-            .deserialize_map(RecordSeed {
-                policy: &policy,
-                hint: text.len(),
-            })
-            .and_then(|r| de.end().map(|()| r));
-        match parsed {
-            Ok(_) if policy.float_beyond_i64.get() && has_integer_beyond_i64(text) => {
-                Err(JsonError::NumberOutOfRange)
-            }
-            Ok(record) => Ok(record),
-            Err(e) => Err(policy.error.get().unwrap_or_else(|| match e.classify() {
-                serde_json::error::Category::Data => JsonError::NotAnObject,
-                // serde_json's own words for a float literal beyond f64.
-                _ if e.to_string().starts_with("number out of range") => {
-                    JsonError::NumberOutOfRange
-                }
-                _ => JsonError::Syntax,
-            })),
+        // Validated once here, so that every string cut out of it at a quote or a backslash
+        // (ASCII, never inside a character) is valid UTF-8 too.
+        std::str::from_utf8(bytes).map_err(|_| JsonError::InvalidUtf8)?;
+        let mut entries = RVec::with_capacity(8);
+        // Unescaped strings are never longer than their JSON; the slack is for a few edits.
+        let mut bytes_out = RVec::with_capacity(bytes.len() + 64);
+        let mut scan = Scanner {
+            s: bytes,
+            i: 0,
+            b: TapeBuilder {
+                entries: &mut entries,
+                bytes: &mut bytes_out,
+            },
+            // The record's own object counts, as in serde_json's limit.
+            depth: 1,
+        };
+        scan.ws();
+        // Another JSON value (not checked to its end) is not an object; anything else is
+        // not JSON at all.
+        let literal = |word: &[u8]| match bytes[scan.i..].starts_with(word) {
+            true => JsonError::NotAnObject,
+            false => JsonError::Syntax,
+        };
+        match scan.peek() {
+            Some(b'{') => scan.i += 1,
+            Some(b'[' | b'"' | b'-' | b'0'..=b'9') => return Err(JsonError::NotAnObject),
+            Some(b't') => return Err(literal(b"true")),
+            Some(b'f') => return Err(literal(b"false")),
+            Some(b'n') => return Err(literal(b"null")),
+            _ => return Err(JsonError::Syntax),
         }
+        let mut trace = None;
+        let n = scan.object(Some(&mut trace))?;
+        scan.ws();
+        if scan.i != bytes.len() {
+            return Err(JsonError::Syntax);
+        }
+        let mut record = Record::from_tape(n, entries, bytes_out);
+        if let Some(t) = trace {
+            record.set_trace(t);
+        }
+        Ok(record)
     }
 }
 
-/// Whether valid JSON `text` holds an integer literal (no fraction, no exponent) outside
-/// `i64`. Only called when a parse saw a float that large, which is rare.
-fn has_integer_beyond_i64(text: &str) -> bool {
-    let bytes = text.as_bytes();
+/// Where the first byte that ends a run of plain string contents is in `s`: a quote, a
+/// backslash or a control character (invalid in JSON strings); `s.len()` if none. Eight bytes
+/// at a time, as serde_json does.
+#[inline]
+fn special_at(s: &[u8]) -> usize {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    // The high bit of each byte of `v` that is zero (exact for the lowest such byte).
+    let zero = |v: u64| v.wrapping_sub(ONES) & !v & HIGH;
+    let special = |v: u64| {
+        zero(v ^ (ONES * u64::from(b'"')))
+            | zero(v ^ (ONES * u64::from(b'\\')))
+            | (v.wrapping_sub(ONES * 0x20) & !v & HIGH)
+    };
     let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'"' => {
-                i += 1;
-                while i < bytes.len() && bytes[i] != b'"' {
-                    i += if bytes[i] == b'\\' { 2 } else { 1 };
-                }
-                i += 1;
-            }
-            b'-' | b'0'..=b'9' => {
-                let start = i;
-                i += 1;
-                while i < bytes.len() && bytes[i].is_ascii_digit() {
-                    i += 1;
-                }
-                let integer = !matches!(bytes.get(i), Some(b'.' | b'e' | b'E'));
-                if integer && text[start..i].parse::<i64>().is_err() {
-                    return true;
-                }
-                while i < bytes.len()
-                    && matches!(bytes[i], b'.' | b'e' | b'E' | b'+' | b'-' | b'0'..=b'9')
-                {
-                    i += 1;
-                }
-            }
-            _ => i += 1,
+    while let Some(chunk) = s.get(i..i + 8) {
+        let hits = special(u64::from_le_bytes(chunk.try_into().expect("eight bytes")));
+        if hits != 0 {
+            return i + hits.trailing_zeros() as usize / 8;
+        }
+        i += 8;
+    }
+    if i == s.len() {
+        return i;
+    }
+    // The last few bytes: the last eight again (those before `i` are known to be plain), or
+    // for a string shorter than eight (most keys), its bytes padded with plain ones, built
+    // in a register (through memory it would cost a store-forwarding stall).
+    let (base, v) = match s.len().checked_sub(8) {
+        Some(base) => (
+            base,
+            u64::from_le_bytes(s[base..].try_into().expect("eight bytes")),
+        ),
+        None => (
+            0,
+            s.iter()
+                .enumerate()
+                .fold(0x6161_6161_6161_6161_u64, |v, (k, &c)| {
+                    v & !(0xff << (8 * k)) | u64::from(c) << (8 * k)
+                }),
+        ),
+    };
+    match special(v) {
+        0 => s.len(),
+        hits => base + hits.trailing_zeros() as usize / 8,
+    }
+}
+
+/// Objects and lists nested deeper than this are refused, as serde_json refuses them.
+const MAX_DEPTH: usize = 128;
+
+/// JSON text into a record's table, in one pass.
+struct Scanner<'s, 'b> {
+    s: &'s [u8],
+    i: usize,
+    b: TapeBuilder<'b>,
+    depth: usize,
+}
+
+type Scanned<T> = Result<T, JsonError>;
+
+impl Scanner<'_, '_> {
+    #[inline]
+    fn peek(&self) -> Option<u8> {
+        self.s.get(self.i).copied()
+    }
+
+    #[inline]
+    fn ws(&mut self) {
+        while let Some(b' ' | b'\n' | b'\r' | b'\t') = self.peek() {
+            self.i += 1;
         }
     }
-    false
+
+    #[inline]
+    fn eat(&mut self, c: u8) -> Scanned<()> {
+        self.ws();
+        if self.peek() == Some(c) {
+            self.i += 1;
+            Ok(())
+        } else {
+            Err(JsonError::Syntax)
+        }
+    }
+
+    fn deeper(&mut self) -> Scanned<()> {
+        self.depth += 1;
+        if self.depth > MAX_DEPTH {
+            return Err(JsonError::Syntax);
+        }
+        Ok(())
+    }
+
+    /// An object's fields, after its `{`; returns how many. At a record's top level,
+    /// `trace` receives a valid `traceparent` field's context.
+    fn object(&mut self, mut trace: Option<&mut Option<TraceContext>>) -> Scanned<usize> {
+        self.ws();
+        if self.peek() == Some(b'}') {
+            self.i += 1;
+            return Ok(0);
+        }
+        let mut keys = KeyCheck::new();
+        let mut n = 0;
+        loop {
+            self.eat(b'"')?;
+            let key = self.string()?;
+            if keys.add(key, self.b.bytes).is_some() {
+                return Err(JsonError::DuplicateKey);
+            }
+            self.eat(b':')?;
+            let value_at = self.b.entries.len();
+            self.value(key)?;
+            if let Some(trace) = trace.as_deref_mut() {
+                if let Some(t) = traceparent(&self.b, key, value_at) {
+                    *trace = Some(t);
+                }
+            }
+            n += 1;
+            self.ws();
+            match self.peek() {
+                Some(b',') => self.i += 1,
+                Some(b'}') => {
+                    self.i += 1;
+                    break;
+                }
+                _ => return Err(JsonError::Syntax),
+            }
+        }
+        if keys.finish(self.b.bytes).is_some() {
+            return Err(JsonError::DuplicateKey);
+        }
+        Ok(n)
+    }
+
+    /// A list's items, after its `[`; returns how many.
+    fn list(&mut self) -> Scanned<usize> {
+        self.ws();
+        if self.peek() == Some(b']') {
+            self.i += 1;
+            return Ok(0);
+        }
+        let mut n = 0;
+        loop {
+            self.ws();
+            self.value((0, 0))?;
+            n += 1;
+            self.ws();
+            match self.peek() {
+                Some(b',') => self.i += 1,
+                Some(b']') => {
+                    self.i += 1;
+                    return Ok(n);
+                }
+                _ => return Err(JsonError::Syntax),
+            }
+        }
+    }
+
+    /// One value under `key` (`(0, 0)` for a list item), at the current position.
+    fn value(&mut self, key: (u32, u32)) -> Scanned<()> {
+        self.ws();
+        match self.peek() {
+            Some(b'{') => {
+                self.i += 1;
+                self.deeper()?;
+                let at = self.b.push(Entry::new(Entry::MAP, key, 0, 0));
+                let n = self.object(None)?;
+                self.b.close(at, n);
+                self.depth -= 1;
+            }
+            Some(b'[') => {
+                self.i += 1;
+                self.deeper()?;
+                let at = self.b.push(Entry::new(Entry::LIST, key, 0, 0));
+                let n = self.list()?;
+                self.b.close(at, n);
+                self.depth -= 1;
+            }
+            Some(b'"') => {
+                self.i += 1;
+                let (off, len) = self.string()?;
+                self.b
+                    .push(Entry::new(Entry::STR, key, len, u64::from(off)));
+            }
+            Some(b't') => {
+                self.literal(b"true")?;
+                self.b.push(Entry::new(Entry::BOOL, key, 0, 1));
+            }
+            Some(b'f') => {
+                self.literal(b"false")?;
+                self.b.push(Entry::new(Entry::BOOL, key, 0, 0));
+            }
+            Some(b'n') => {
+                self.literal(b"null")?;
+                self.b.push(Entry::new(Entry::NULL, key, 0, 0));
+            }
+            Some(b'-' | b'0'..=b'9') => self.number(key)?,
+            _ => return Err(JsonError::Syntax),
+        }
+        Ok(())
+    }
+
+    fn literal(&mut self, word: &[u8]) -> Scanned<()> {
+        if self.s[self.i..].starts_with(word) {
+            self.i += word.len();
+            Ok(())
+        } else {
+            Err(JsonError::Syntax)
+        }
+    }
+
+    /// A string's contents, after its opening quote, into the record's buffer.
+    #[inline]
+    fn string(&mut self) -> Scanned<(u32, u32)> {
+        let start = self.i;
+        // Most strings have no escapes: found by one scan, copied in one go.
+        self.i += special_at(&self.s[self.i..]);
+        match self.peek() {
+            Some(b'"') => {
+                let key = self.b.push_bytes(&self.s[start..self.i]);
+                self.i += 1;
+                return Ok(key);
+            }
+            Some(b'\\') => {}
+            _ => return Err(JsonError::Syntax),
+        }
+        let off = self.b.push_bytes(&self.s[start..self.i]).0;
+        loop {
+            match self.peek() {
+                Some(b'"') => {
+                    self.i += 1;
+                    let len = self.b.bytes.len() - off as usize;
+                    return Ok((off, u32::try_from(len).map_err(|_| JsonError::Syntax)?));
+                }
+                Some(b'\\') => {
+                    self.i += 1;
+                    self.escape()?;
+                }
+                Some(0..=0x1f) | None => return Err(JsonError::Syntax),
+                Some(_) => {
+                    // Up to the next quote or backslash in one copy.
+                    let run = special_at(&self.s[self.i..]);
+                    self.b
+                        .bytes
+                        .extend_from_copy_slice(&self.s[self.i..self.i + run]);
+                    self.i += run;
+                }
+            }
+        }
+    }
+
+    /// One escape, after its backslash.
+    fn escape(&mut self) -> Scanned<()> {
+        let c = self.peek().ok_or(JsonError::Syntax)?;
+        self.i += 1;
+        let plain = match c {
+            b'"' => b'"',
+            b'\\' => b'\\',
+            b'/' => b'/',
+            b'b' => 0x08,
+            b'f' => 0x0c,
+            b'n' => b'\n',
+            b'r' => b'\r',
+            b't' => b'\t',
+            b'u' => {
+                let first = self.hex4()?;
+                let code = match first {
+                    0xD800..=0xDBFF => {
+                        // A surrogate pair: the low half must follow at once.
+                        if !self.s[self.i..].starts_with(b"\\u") {
+                            return Err(JsonError::Syntax);
+                        }
+                        self.i += 2;
+                        let low = self.hex4()?;
+                        if !(0xDC00..=0xDFFF).contains(&low) {
+                            return Err(JsonError::Syntax);
+                        }
+                        0x10000 + ((first - 0xD800) << 10) + (low - 0xDC00)
+                    }
+                    0xDC00..=0xDFFF => return Err(JsonError::Syntax),
+                    code => code,
+                };
+                let c = char::from_u32(code).ok_or(JsonError::Syntax)?;
+                let mut buf = [0u8; 4];
+                self.b
+                    .bytes
+                    .extend_from_copy_slice(c.encode_utf8(&mut buf).as_bytes());
+                return Ok(());
+            }
+            _ => return Err(JsonError::Syntax),
+        };
+        self.b.bytes.push(plain);
+        Ok(())
+    }
+
+    fn hex4(&mut self) -> Scanned<u32> {
+        let digits = self.s.get(self.i..self.i + 4).ok_or(JsonError::Syntax)?;
+        let mut code = 0;
+        for &d in digits {
+            let v = (d as char).to_digit(16).ok_or(JsonError::Syntax)?;
+            code = code * 16 + v;
+        }
+        self.i += 4;
+        Ok(code)
+    }
+
+    /// A number: an integer (no fraction, no exponent) kept exactly as `i64` or refused; any
+    /// other number as the nearest `f64`, refused beyond its range.
+    fn number(&mut self, key: (u32, u32)) -> Scanned<()> {
+        let start = self.i;
+        let negative = self.peek() == Some(b'-');
+        if negative {
+            self.i += 1;
+        }
+        let mut magnitude: u64 = 0;
+        let mut overflow = false;
+        match self.peek() {
+            Some(b'0') => {
+                self.i += 1;
+                if matches!(self.peek(), Some(b'0'..=b'9')) {
+                    return Err(JsonError::Syntax); // no leading zeros
+                }
+            }
+            Some(b'1'..=b'9') => {
+                while let Some(d @ b'0'..=b'9') = self.peek() {
+                    match magnitude
+                        .checked_mul(10)
+                        .and_then(|m| m.checked_add(u64::from(d - b'0')))
+                    {
+                        Some(m) => magnitude = m,
+                        None => overflow = true,
+                    }
+                    self.i += 1;
+                }
+            }
+            _ => return Err(JsonError::Syntax),
+        }
+        let mut float = false;
+        if self.peek() == Some(b'.') {
+            self.i += 1;
+            float = true;
+            self.digits()?;
+        }
+        if let Some(b'e' | b'E') = self.peek() {
+            self.i += 1;
+            float = true;
+            if let Some(b'+' | b'-') = self.peek() {
+                self.i += 1;
+            }
+            self.digits()?;
+        }
+        let entry = if float {
+            // ASCII digits, signs, `.` and `e`: always UTF-8.
+            let text =
+                std::str::from_utf8(&self.s[start..self.i]).map_err(|_| JsonError::Syntax)?;
+            let f: f64 = text.parse().map_err(|_| JsonError::Syntax)?;
+            if !f.is_finite() {
+                return Err(JsonError::NumberOutOfRange);
+            }
+            Entry::new(Entry::FLOAT, key, 0, f.to_bits())
+        } else if overflow {
+            return Err(JsonError::NumberOutOfRange);
+        } else if negative && magnitude == 0 {
+            // `-0` keeps its sign, as a float (serde_json reads it so too).
+            Entry::new(Entry::FLOAT, key, 0, (-0.0f64).to_bits())
+        } else if negative {
+            let v = 0i64
+                .checked_sub_unsigned(magnitude)
+                .ok_or(JsonError::NumberOutOfRange)?;
+            Entry::new(Entry::INT, key, 0, v as u64)
+        } else {
+            let v = i64::try_from(magnitude).map_err(|_| JsonError::NumberOutOfRange)?;
+            Entry::new(Entry::INT, key, 0, v as u64)
+        };
+        self.b.push(entry);
+        Ok(())
+    }
+
+    /// One or more digits.
+    fn digits(&mut self) -> Scanned<()> {
+        let start = self.i;
+        while let Some(b'0'..=b'9') = self.peek() {
+            self.i += 1;
+        }
+        if self.i == start {
+            Err(JsonError::Syntax)
+        } else {
+            Ok(())
+        }
+    }
 }
 
 /// Records read from JSON by `serde` (in a stage's tests, say) follow the same rules; what
@@ -419,7 +824,6 @@ impl<'de> Visitor<'de> for ValueVisitor<'_> {
         self.0.integer(v).map(Value::Int)
     }
     fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
-        self.0.float(v);
         Ok(Value::Float(v))
     }
     fn visit_str<E>(self, v: &str) -> Result<Value, E> {
@@ -502,6 +906,8 @@ mod tests {
         assert_eq!(e(b"{} {}"), Err(JsonError::Syntax));
         assert_eq!(e(b"[1]"), Err(JsonError::NotAnObject));
         assert_eq!(e(b"42"), Err(JsonError::NotAnObject));
+        assert_eq!(e(b" null"), Err(JsonError::NotAnObject));
+        assert_eq!(e(b"not json"), Err(JsonError::Syntax));
         assert_eq!(
             e(br#"{"level":"info","level":"debug"}"#),
             Err(JsonError::DuplicateKey)
@@ -526,6 +932,49 @@ mod tests {
             Err(JsonError::NumberOutOfRange)
         );
         assert_eq!(e(br#"{"n":1e400}"#), Err(JsonError::NumberOutOfRange));
+    }
+
+    #[test]
+    fn strings_numbers_and_nesting_read_as_json_says() {
+        let r = Record::from_json(
+            br#"{"e":"caf\u00e9 \ud83d\ude00 \"q\" \\ \/ \b\f\n\r\t","z":-0,"x":1.5e3,"y":-2E-2}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            r.get("e").and_then(|v| v.as_str()),
+            Some("café 😀 \"q\" \\ / \u{8}\u{c}\n\r\t")
+        );
+        let z = r.get("z").and_then(|v| v.as_f64()).unwrap();
+        assert!(z == 0.0 && z.is_sign_negative(), "-0 keeps its sign");
+        assert_eq!(r.get("x").unwrap(), Value::Float(1500.0));
+        assert_eq!(r.get("y").unwrap(), Value::Float(-0.02));
+        let e = |t: &str| Record::from_json(t.as_bytes()).map(|_| ());
+        for bad in [
+            r#"{"a":01}"#,
+            r#"{"a":1.}"#,
+            r#"{"a":.5}"#,
+            r#"{"a":1e}"#,
+            r#"{"a":-}"#,
+            r#"{"a":"\ud800"}"#,
+            r#"{"a":"\udc00x"}"#,
+            r#"{"a":"\x"}"#,
+            r#"{"a":"\u12"}"#,
+            "{\"a\":\"tab\there\"}",
+            r#"{"a":tru}"#,
+            r#"{"a":[1,]}"#,
+            r#"{"a":1,}"#,
+            r#"{"a" 1}"#,
+            r#"{a:1}"#,
+            "",
+            "   ",
+            "{",
+        ] {
+            assert_eq!(e(bad), Err(JsonError::Syntax), "{bad:?}");
+        }
+        let deep = |n: usize| format!("{{\"a\":{}1{}}}", "[".repeat(n), "]".repeat(n));
+        assert_eq!(e(&deep(127)), Ok(()));
+        assert_eq!(e(&deep(128)), Err(JsonError::Syntax));
+        assert_eq!(e(" \n{ \"a\" : [ 1 , { } ] } \t"), Ok(()));
     }
 
     #[test]
@@ -669,6 +1118,10 @@ mod tests {
                         let record = got.expect("a valid object");
                         let oracle: serde_json::Value = serde_json::from_str(&text).unwrap();
                         prop_assert_eq!(serde_json::to_value(&record).unwrap(), oracle);
+                        // The serde path (configs, tests) reads the same record.
+                        let via_serde: Record = serde_json::from_str(&text).unwrap();
+                        prop_assert_eq!(&via_serde, &record);
+
                     }
                     (true, false) => prop_assert_eq!(got.err(), Some(JsonError::DuplicateKey)),
                     (false, true) => prop_assert_eq!(got.err(), Some(JsonError::NumberOutOfRange)),
@@ -677,6 +1130,31 @@ mod tests {
                         Err(JsonError::DuplicateKey | JsonError::NumberOutOfRange)
                     )),
                 }
+            }
+
+            /// Any string, written by serde_json (escapes and all), reads back exactly, as a
+            /// key and as a value.
+            #[test]
+            fn strings_read_back_exactly(text in "(?s).{0,40}", pad in 0usize..9) {
+                let other = "p".repeat(pad);
+                prop_assume!(text != other);
+                let quoted = serde_json::to_string(&text).unwrap();
+                let doc = format!("{{{quoted}:{quoted},\"{other}\":1}}");
+                let r = Record::from_json(doc.as_bytes()).unwrap();
+                prop_assert_eq!(r.iter().next().map(|(k, _)| k), Some(text.as_str()));
+                prop_assert_eq!(r.get(&text).and_then(|v| v.as_str()), Some(text.as_str()));
+            }
+
+            /// The eight-bytes-at-a-time scan finds what a byte-by-byte one finds.
+            #[test]
+            fn the_fast_scan_agrees_with_a_plain_one(bytes in prop::collection::vec(
+                prop_oneof![Just(b'"'), Just(b'\\'), 0u8..0x20, 0x20u8..=0xff], 0..40)
+            ) {
+                let plain = bytes
+                    .iter()
+                    .position(|&c| c == b'"' || c == b'\\' || c < 0x20)
+                    .unwrap_or(bytes.len());
+                prop_assert_eq!(special_at(&bytes), plain);
             }
 
             /// Any bytes: an answer, never a panic.

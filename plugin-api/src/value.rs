@@ -271,6 +271,7 @@ pub struct ValueRef<'a> {
 }
 
 impl<'a> ValueRef<'a> {
+    #[inline]
     fn entry(self) -> &'a Entry {
         &self.tape.entries[self.at]
     }
@@ -300,6 +301,7 @@ impl<'a> ValueRef<'a> {
         }
     }
 
+    #[inline]
     pub fn as_str(self) -> Option<&'a str> {
         match self.kind() {
             ValueKind::Str(s) => Some(s),
@@ -307,6 +309,7 @@ impl<'a> ValueRef<'a> {
         }
     }
 
+    #[inline]
     pub fn as_i64(self) -> Option<i64> {
         match self.kind() {
             ValueKind::Int(i) => Some(i),
@@ -315,6 +318,7 @@ impl<'a> ValueRef<'a> {
     }
 
     /// The value as a float, for numbers of either kind.
+    #[inline]
     pub fn as_f64(self) -> Option<f64> {
         match self.kind() {
             ValueKind::Int(i) => Some(i as f64),
@@ -323,6 +327,7 @@ impl<'a> ValueRef<'a> {
         }
     }
 
+    #[inline]
     pub fn as_bool(self) -> Option<bool> {
         match self.kind() {
             ValueKind::Bool(b) => Some(b),

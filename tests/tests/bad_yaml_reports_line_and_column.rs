@@ -115,6 +115,16 @@ fn unknown_keys_are_located() {
 }
 
 #[test]
+fn source_limits_out_of_range_are_located() {
+    check(
+        "max_message_bytes_too_large",
+        "sources:\n  in:\n    type: zmq\n    socket: pull\n    bind: \"tcp://127.0.0.1:0\"\n    max_message_bytes: 8589934592\nstages:\n  out: { plugin: null, inputs: [in] }\n",
+        "max_message_bytes: 8589934592",
+        "is above the limit of 1073741824 (1 GiB)",
+    );
+}
+
+#[test]
 fn unknown_stage_type_is_located() {
     check(
         "unknown_plugin",

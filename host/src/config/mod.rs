@@ -168,6 +168,10 @@ pub struct SourceConfig {
 fn default_decode() -> Decode {
     Decode::Json
 }
+/// The largest `max_message_bytes` accepted: a record holds less than 4 GiB, and a source
+/// may buffer this much per connection.
+pub const MAX_MESSAGE_BYTES_LIMIT: usize = 1 << 30;
+
 fn default_max_message_bytes() -> usize {
     1 << 20
 }
@@ -542,6 +546,15 @@ impl PipelineConfig {
                 out.push(self.diagnostic(
                     &["sources", name, "batch_size"],
                     "`batch_size` must be at least 1",
+                ));
+            }
+            if source.max_message_bytes > MAX_MESSAGE_BYTES_LIMIT {
+                out.push(self.diagnostic(
+                    &["sources", name, "max_message_bytes"],
+                    format!(
+                        "`max_message_bytes` ({}) is above the limit of {MAX_MESSAGE_BYTES_LIMIT} (1 GiB)",
+                        source.max_message_bytes
+                    ),
                 ));
             }
             if self.stages.contains_key(name) {
