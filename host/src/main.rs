@@ -9,7 +9,7 @@ use host::{
     config::{ConfigError, MonitoringMode, PipelineConfig},
     logging::{self, LogFormat},
     plugins::{loader::LoadOptions, registry::Registry},
-    publish::{self, Publish, SendSocket},
+    publish::{self, Publish, PublishError, Published, SendSocket},
     topology::{self, build_topology},
 };
 use tokio::signal::unix::{signal, SignalKind};
@@ -185,7 +185,15 @@ fn run_on(runtime: &tokio::runtime::Runtime, cli: Cli) -> anyhow::Result<ExitCod
                 bind,
                 progress: true,
             };
-            runtime.block_on(publish::publish(&opts))?;
+            let result = runtime.block_on(publish::publish(&opts));
+            let published = match &result {
+                Ok(p) | Err(PublishError::Send { published: p, .. }) => Some(p),
+                Err(_) => None,
+            };
+            if let Some(p) = published {
+                print_published(p);
+            }
+            result?;
             Ok(ExitCode::SUCCESS)
         }
         Some(Command::Bench {
@@ -242,6 +250,20 @@ fn raise_open_file_limit() {
         hard = limit.rlim_max,
         "open-file limit"
     );
+}
+
+/// The last line of `host publish`, on stdout: as text (`published sent=.. errors=..
+/// elapsed=.. rate=..`), or as a JSON object with `--log-format json`. Not when stdout and
+/// stderr are both a terminal: there the finished progress bar already says it.
+fn print_published(p: &Published) {
+    use std::io::IsTerminal;
+    if std::io::stdout().is_terminal() && std::io::stderr().is_terminal() {
+        return;
+    }
+    match logging::format() {
+        LogFormat::Text => println!("{p}"),
+        LogFormat::Json => println!("{}", p.to_json()),
+    }
 }
 
 /// Prints config errors one per line; `None` when there were some.
