@@ -63,7 +63,7 @@ enum Command {
         #[arg(long)]
         allow_insecure_paths: bool,
     },
-    /// Sends N generated JSON messages (id, level, sent_at, msg, value).
+    /// Sends N generated JSON messages (id, level, sent_at, msg, value); ends with a summary line.
     Publish {
         #[arg(long, value_name = "ENDPOINT")]
         to: String,
