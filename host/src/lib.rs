@@ -15,6 +15,7 @@ pub mod coordinator;
 pub mod crash;
 pub mod events;
 pub mod health;
+pub mod logging;
 pub mod monitor;
 pub mod observer;
 pub mod plugins;

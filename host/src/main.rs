@@ -3,16 +3,16 @@
 use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use host::{
     bench::{self, BenchOptions},
     config::{ConfigError, MonitoringMode, PipelineConfig},
+    logging::{self, LogFormat},
     plugins::{loader::LoadOptions, registry::Registry},
-    publish::{self, Publish, SendSocket},
+    publish::{self, Publish, PublishError, Published, SendSocket},
     topology::{self, build_topology},
 };
 use tokio::signal::unix::{signal, SignalKind};
-use tracing_subscriber::EnvFilter;
 
 // Records are small and many: every decoded message and every fan-out copy is a handful of
 // allocations, freed on another thread. mimalloc's per-thread heaps make that cheap. (Each
@@ -25,7 +25,9 @@ static ALLOCATOR: host::alloc::Counting<mimalloc::MiMalloc> =
 
 /// Runs YAML pipelines of dynamically loaded stages over ZeroMQ.
 #[derive(Parser)]
-#[command(version, args_conflicts_with_subcommands = true)]
+// Not `args_conflicts_with_subcommands`: it would refuse the global `--log-format` before a
+// subcommand too. `main` refuses `--pipeline`/`--summary` with one instead.
+#[command(version)]
 struct Cli {
     /// The pipeline to run.
     #[arg(long, value_name = "FILE")]
@@ -33,6 +35,10 @@ struct Cli {
     /// Also write the final totals, as JSON, to this file on exit.
     #[arg(long, value_name = "FILE")]
     summary: Option<PathBuf>,
+    /// How to write log lines to stderr: text (coloured only on a terminal, and not when
+    /// NO_COLOR is set) or json (one object per line, for log shippers).
+    #[arg(long, value_enum, value_name = "FORMAT", default_value_t = LogFormat::Text, global = true)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -57,7 +63,7 @@ enum Command {
         #[arg(long)]
         allow_insecure_paths: bool,
     },
-    /// Sends N generated JSON messages (id, level, sent_at, msg, value).
+    /// Sends N generated JSON messages (id, level, sent_at, msg, value); ends with a summary line.
     Publish {
         #[arg(long, value_name = "ENDPOINT")]
         to: String,
@@ -114,17 +120,20 @@ impl From<Mode> for MonitoringMode {
 fn main() -> ExitCode {
     // A plugin that aborts, segfaults or exits ends the process; this names the stage first.
     host::crash::install();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    if cli.command.is_some() && (cli.pipeline.is_some() || cli.summary.is_some()) {
+        Cli::command()
+            .error(
+                clap::error::ErrorKind::ArgumentConflict,
+                "--pipeline and --summary (before a subcommand) run a pipeline; they cannot be used with a subcommand",
+            )
+            .exit();
+    }
+    logging::init(cli.log_format);
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            logging::report_error(&format!("{e:#}"));
             ExitCode::FAILURE
         }
     }
@@ -176,7 +185,15 @@ fn run_on(runtime: &tokio::runtime::Runtime, cli: Cli) -> anyhow::Result<ExitCod
                 bind,
                 progress: true,
             };
-            runtime.block_on(publish::publish(&opts))?;
+            let result = runtime.block_on(publish::publish(&opts));
+            let published = match &result {
+                Ok(p) | Err(PublishError::Send { published: p, .. }) => Some(p),
+                Err(_) => None,
+            };
+            if let Some(p) = published {
+                print_published(p);
+            }
+            result?;
             Ok(ExitCode::SUCCESS)
         }
         Some(Command::Bench {
@@ -235,19 +252,33 @@ fn raise_open_file_limit() {
     );
 }
 
+/// The last line of `host publish`, on stdout: as text (`published sent=.. errors=..
+/// elapsed=.. rate=..`), or as a JSON object with `--log-format json`. Not when stdout and
+/// stderr are both a terminal: there the finished progress bar already says it.
+fn print_published(p: &Published) {
+    use std::io::IsTerminal;
+    if std::io::stdout().is_terminal() && std::io::stderr().is_terminal() {
+        return;
+    }
+    match logging::format() {
+        LogFormat::Text => println!("{p}"),
+        LogFormat::Json => println!("{}", p.to_json()),
+    }
+}
+
 /// Prints config errors one per line; `None` when there were some.
 fn report(result: Result<PipelineConfig, ConfigError>) -> Option<PipelineConfig> {
     match result {
         Ok(cfg) => Some(cfg),
         Err(ConfigError::Invalid(diagnostics)) => {
             for d in diagnostics {
-                eprintln!("error: {d}");
+                logging::report_error(&d.to_string());
             }
             None
         }
         Err(e) => {
             // An unreadable file is as invalid as a bad one: same message style, same status.
-            eprintln!("error: {:#}", anyhow::Error::from(e));
+            logging::report_error(&format!("{:#}", anyhow::Error::from(e)));
             None
         }
     }
@@ -280,7 +311,7 @@ fn validate(pipeline: &std::path::Path) -> ExitCode {
         ExitCode::SUCCESS
     } else {
         for d in diagnostics {
-            eprintln!("error: {d}");
+            logging::report_error(&d.to_string());
         }
         ExitCode::from(INVALID)
     }

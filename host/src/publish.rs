@@ -1,10 +1,19 @@
 //! `host publish`: sends generated JSON messages, for trying a pipeline by hand and for the
 //! benchmark.
+//!
+//! Connecting waits for someone to listen at the endpoint for at most [`CONNECT_TIMEOUT`]; a
+//! bound PUSH socket waits for a peer to connect for as long as it takes. Either wait is
+//! announced on stderr (a warning in the log) once it has lasted [`PEER_NOTICE_AFTER`], so
+//! that a publisher with nobody to send to does not look like a hung one.
 
-use std::time::Duration;
+use std::{
+    fmt,
+    time::{Duration, Instant},
+};
 
 use indicatif::{ProgressBar, ProgressStyle};
-use zeromq::{Socket, SocketSend, ZmqError, ZmqMessage};
+use serde::Serialize;
+use zeromq::{Socket, SocketOptions, SocketSend, ZmqError, ZmqMessage};
 
 use crate::clock::unix_secs;
 
@@ -25,12 +34,108 @@ pub enum PublishError {
         #[source]
         source: ZmqError,
     },
-    #[error("sending message {index} failed")]
+    /// A send failed for good; `published` says what went before it.
+    #[error("sending message {} failed", published.sent)]
     Send {
-        index: u64,
+        published: Published,
         #[source]
         source: ZmqError,
     },
+}
+
+/// How long connecting to an endpoint waits for someone to listen there.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long a wait for a peer lasts before it is announced.
+pub const PEER_NOTICE_AFTER: Duration = Duration::from_secs(1);
+
+/// What a publishing run did: `host publish` prints it as its last line.
+#[derive(Debug, Clone, Serialize)]
+pub struct Published {
+    pub endpoint: String,
+    /// Messages handed to the socket.
+    pub sent: u64,
+    /// Sends that failed for good (the run stops at the first).
+    pub errors: u64,
+    /// From the first message the socket took to the last (a wait for a peer before the first
+    /// does not count; one later does).
+    #[serde(rename = "elapsed_seconds", serialize_with = "as_secs")]
+    pub elapsed: Duration,
+}
+
+fn as_secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(d.as_secs_f64())
+}
+
+impl Published {
+    /// Messages per second over [`Published::elapsed`] (0 when nothing was sent).
+    pub fn rate(&self) -> f64 {
+        let secs = self.elapsed.as_secs_f64();
+        if self.sent == 0 || secs <= 0.0 {
+            0.0
+        } else {
+            self.sent as f64 / secs
+        }
+    }
+
+    /// The summary as one JSON object (`rate_per_second` added).
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut v = serde_json::to_value(self).unwrap_or_default();
+        v["rate_per_second"] = serde_json::json!(self.rate());
+        v
+    }
+}
+
+/// `published sent=1000 errors=0 elapsed=0.052s rate=19231/s endpoint=tcp://...`
+impl fmt::Display for Published {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "published sent={} errors={} elapsed={:.3}s rate={:.0}/s endpoint={}",
+            self.sent,
+            self.errors,
+            self.elapsed.as_secs_f64(),
+            self.rate(),
+            self.endpoint
+        )
+    }
+}
+
+/// Announces a wait for a peer once it has lasted [`PEER_NOTICE_AFTER`]; once per wait.
+struct PeerWait<'a> {
+    endpoint: &'a str,
+    bound: bool,
+    since: Option<Instant>,
+    told: bool,
+}
+
+impl PeerWait<'_> {
+    /// A message came back: no peer takes it now.
+    fn waiting(&mut self, sent: u64) {
+        let since = *self.since.get_or_insert_with(Instant::now);
+        if !self.told && since.elapsed() >= PEER_NOTICE_AFTER {
+            self.told = true;
+            let endpoint = self.endpoint;
+            if self.bound {
+                tracing::warn!(
+                    sent,
+                    "waiting for a peer to connect to {endpoint} (bound here; waiting as long as it takes)"
+                );
+            } else {
+                tracing::warn!(
+                    sent,
+                    "waiting for a peer at {endpoint}: the connection has no peer to take messages"
+                );
+            }
+        }
+    }
+
+    fn peer_took(&mut self) {
+        if self.since.take().is_some() && self.told {
+            self.told = false;
+            tracing::info!("a peer at {} takes messages again", self.endpoint);
+        }
+    }
 }
 
 const LEVELS: [&str; 4] = ["info", "debug", "warn", "error"];
@@ -71,10 +176,12 @@ pub struct Publish {
 }
 
 /// Sends `count` messages. PUSH waits for a peer; PUB sends to whoever has subscribed.
-pub async fn publish(opts: &Publish) -> Result<(), PublishError> {
+pub async fn publish(opts: &Publish) -> Result<Published, PublishError> {
+    let mut options = SocketOptions::default();
+    options.connect_timeout(CONNECT_TIMEOUT);
     let mut sender = match opts.socket {
-        SendSocket::Push => Sender::Push(zeromq::PushSocket::new()),
-        SendSocket::Pub => Sender::Pub(zeromq::PubSocket::new()),
+        SendSocket::Push => Sender::Push(zeromq::PushSocket::with_options(options)),
+        SendSocket::Pub => Sender::Pub(zeromq::PubSocket::with_options(options)),
     };
     let endpoint = opts.endpoint.as_str();
     let sock_err = |action, source| PublishError::Socket {
@@ -89,11 +196,24 @@ pub async fn publish(opts: &Publish) -> Result<(), PublishError> {
         }
         .map_err(|e| sock_err("bind", e))?;
     } else {
-        match &mut sender {
-            Sender::Push(s) => s.connect(endpoint).await,
-            Sender::Pub(s) => s.connect(endpoint).await,
-        }
-        .map_err(|e| sock_err("connect to", e))?;
+        let connect = async {
+            match &mut sender {
+                Sender::Push(s) => s.connect(endpoint).await,
+                Sender::Pub(s) => s.connect(endpoint).await,
+            }
+        };
+        tokio::pin!(connect);
+        let connected = tokio::select! {
+            connected = &mut connect => connected,
+            () = tokio::time::sleep(PEER_NOTICE_AFTER) => {
+                tracing::warn!(
+                    "waiting for a peer at {endpoint}: nobody listens there yet (giving up after {}s)",
+                    CONNECT_TIMEOUT.as_secs()
+                );
+                connect.await
+            }
+        };
+        connected.map_err(|e| sock_err("connect to", e))?;
     }
     if opts.socket == SendSocket::Pub {
         // Subscriptions travel after the connection is made; give them a moment.
@@ -114,6 +234,19 @@ pub async fn publish(opts: &Publish) -> Result<(), PublishError> {
     let per_tick = opts.rate.map(|r| (r / 1000).max(1));
     let mut ticker = tokio::time::interval(Duration::from_millis(1));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut peer = PeerWait {
+        endpoint,
+        bound: opts.bind,
+        since: None,
+        told: false,
+    };
+    let mut first_taken: Option<Instant> = None;
+    let published = |first_taken: Option<Instant>, sent, errors| Published {
+        endpoint: endpoint.to_owned(),
+        sent,
+        errors,
+        elapsed: first_taken.map(|t| t.elapsed()).unwrap_or_default(),
+    };
     let mut i = 0;
     while i < opts.count {
         let chunk = match per_tick {
@@ -129,12 +262,23 @@ pub async fn publish(opts: &Publish) -> Result<(), PublishError> {
             // A PUSH socket with no peer hands the message back; wait for one.
             loop {
                 match sender.send(m).await {
-                    Ok(()) => break,
+                    Ok(()) => {
+                        first_taken.get_or_insert_with(Instant::now);
+                        peer.peer_took();
+                        break;
+                    }
                     Err(ZmqError::ReturnToSender { message, .. }) => {
                         m = message;
+                        peer.waiting(i);
                         tokio::time::sleep(Duration::from_millis(20)).await;
                     }
-                    Err(source) => return Err(PublishError::Send { index: i, source }),
+                    Err(source) => {
+                        bar.abandon();
+                        return Err(PublishError::Send {
+                            published: published(first_taken, i, 1),
+                            source,
+                        });
+                    }
                 }
             }
             i += 1;
@@ -142,9 +286,10 @@ pub async fn publish(opts: &Publish) -> Result<(), PublishError> {
         bar.set_position(i);
     }
     bar.finish();
+    let done = published(first_taken, i, 0);
     // The socket writes from its own tasks; give them time to hand the tail to the kernel.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    Ok(())
+    Ok(done)
 }
 
 #[cfg(test)]
@@ -156,5 +301,25 @@ mod tests {
         assert_eq!(v["id"], 7);
         assert_eq!(v["level"], "error");
         assert!(m.len() > 80 && m.len() < 130, "{} bytes", m.len());
+    }
+
+    #[test]
+    fn the_summary_says_what_was_sent_how_fast() {
+        let p = super::Published {
+            endpoint: "tcp://127.0.0.1:5555".into(),
+            sent: 1000,
+            errors: 0,
+            elapsed: std::time::Duration::from_millis(500),
+        };
+        assert_eq!(
+            p.to_string(),
+            "published sent=1000 errors=0 elapsed=0.500s rate=2000/s endpoint=tcp://127.0.0.1:5555"
+        );
+        let v = p.to_json();
+        assert_eq!(v["sent"], 1000);
+        assert_eq!(v["elapsed_seconds"], 0.5);
+        assert_eq!(v["rate_per_second"], 2000.0);
+        let none = super::Published { sent: 0, ..p };
+        assert_eq!(none.rate(), 0.0);
     }
 }

@@ -1,9 +1,12 @@
 //! `/metrics` of a running host is valid Prometheus text by `promtool check metrics`, and
 //! holds the host's families with the values a known input implies: message totals, stage
 //! counters, data types, call and end-to-end latency histograms, and the metrics a plugin
-//! (message-metrics) recorded through the host.
+//! (message-metrics) recorded through the host, and the host process's own resource use under
+//! the standard process-collector names.
 
-use tests::{json, promtool_check_metrics, send_json, wait_for_lines, Host, Metrics, Value};
+use tests::{
+    json, proc_status, promtool_check_metrics, send_json, wait_for_lines, Host, Metrics, Value,
+};
 
 const LEVELS: [&str; 4] = ["info", "debug", "warn", "error"];
 
@@ -32,11 +35,15 @@ monitoring:
   health: { interval: 200ms }
 "#;
 
-fn messages(n: usize) -> Vec<Value> {
-    let now = std::time::SystemTime::now()
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
-        .as_secs_f64();
+        .as_secs_f64()
+}
+
+fn messages(n: usize) -> Vec<Value> {
+    let now = unix_now();
     (0..n)
         .map(|i| json!({ "id": i, "level": LEVELS[i % 4], "sent_at": now }))
         .collect()
@@ -85,6 +92,7 @@ fn check_histogram(m: &Metrics, name: &str, labels: &[(&str, &str)], count: f64)
 
 #[test]
 fn metrics_are_valid_prometheus_text_with_the_expected_values() {
+    let started = unix_now();
     let mut host = Host::start(PIPELINE);
     let n = 40;
     send_json(&host.endpoint, &messages(n));
@@ -138,6 +146,13 @@ fn metrics_are_valid_prometheus_text_with_the_expected_values() {
         ("host_event_bus_up", "gauge"),
         ("host_component_health_status", "gauge"),
         ("host_ready", "gauge"),
+        ("process_cpu_seconds_total", "counter"),
+        ("process_resident_memory_bytes", "gauge"),
+        ("process_virtual_memory_bytes", "gauge"),
+        ("process_open_fds", "gauge"),
+        ("process_max_fds", "gauge"),
+        ("process_threads", "gauge"),
+        ("process_start_time_seconds", "gauge"),
     ] {
         assert_eq!(
             m.family_type(family),
@@ -298,10 +313,58 @@ fn metrics_are_valid_prometheus_text_with_the_expected_values() {
     }
     assert_eq!(m.value("host_ready", &[]), 1.0);
 
+    process_metrics(&host, &m, started);
+
     let summary = host.stop();
     tests::assert_reconciled(&summary);
     assert_eq!(
         tests::totals(&summary),
         (n as u64, kept as u64, (n - kept) as u64, 0)
+    );
+}
+
+/// The process families hold the host's own figures: checked against what /proc says of the
+/// host's process from outside, with room for what changes between the two reads.
+fn process_metrics(host: &Host, m: &Metrics, started: f64) {
+    let pid = host.pid();
+    let threads = m.value("process_threads", &[]);
+    let proc_threads = proc_status(pid, "Threads") as f64;
+    assert!(threads >= 1.0, "process_threads {threads}");
+    assert!(
+        (threads - proc_threads).abs() <= 8.0,
+        "process_threads {threads}, /proc says {proc_threads}"
+    );
+    let rss = m.value("process_resident_memory_bytes", &[]);
+    let proc_rss = proc_status(pid, "VmRSS") as f64 * 1024.0;
+    assert!(rss > 0.0, "process_resident_memory_bytes {rss}");
+    assert!(
+        rss > proc_rss / 2.0 && rss < proc_rss * 2.0,
+        "process_resident_memory_bytes {rss}, /proc says {proc_rss}"
+    );
+    let vsize = m.value("process_virtual_memory_bytes", &[]);
+    assert!(vsize >= rss, "virtual {vsize} < resident {rss}");
+    let fds = m.value("process_open_fds", &[]);
+    let proc_fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("the host's fd directory")
+        .count() as f64;
+    assert!(fds > 0.0, "process_open_fds {fds}");
+    assert!(
+        (fds - proc_fds).abs() <= 8.0,
+        "process_open_fds {fds}, /proc says {proc_fds}"
+    );
+    let max_fds = m.value("process_max_fds", &[]);
+    assert!(max_fds >= fds, "process_max_fds {max_fds} < open {fds}");
+    let start = m.value("process_start_time_seconds", &[]);
+    assert!(
+        start >= started.floor() - 1.0 && start <= unix_now(),
+        "process_start_time_seconds {start}, the test started the host at {started}"
+    );
+    // CPU time is a counter: never negative, never less on a later scrape.
+    let cpu = m.value("process_cpu_seconds_total", &[]);
+    assert!(cpu >= 0.0, "process_cpu_seconds_total {cpu}");
+    let later = host.metrics().value("process_cpu_seconds_total", &[]);
+    assert!(
+        later >= cpu,
+        "process_cpu_seconds_total went from {cpu} to {later}"
     );
 }

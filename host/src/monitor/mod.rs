@@ -7,6 +7,7 @@
 //! locks are uncontended on the data path; readers take snapshots.
 
 pub mod plugin;
+pub mod process;
 pub mod stage;
 
 use std::{

@@ -176,6 +176,9 @@ impl Worker {
     /// Runs until the input has ended and everything the stage took for later is settled,
     /// or until the drain timeout ends.
     pub fn run(mut self) {
+        // For the thread's whole life: whatever is logged here, by the host or the plugin,
+        // names the stage (see `logging`).
+        let _span = crate::logging::stage_span(&self.name).entered();
         self.probe.bind_thread();
         let observed = self.coordinator.is_enabled();
         let (retry_tx, retry_rx) = std_mpsc::channel();
