@@ -1,0 +1,418 @@
+//! The host's own telemetry over OTLP (`monitoring.otlp`): the principal type is
+//! [`Telemetry`], an OpenTelemetry SDK meter provider whose periodic reader collects the
+//! monitor's and the process's metrics (the families `/metrics` serves, see [`families`])
+//! every `interval` and pushes them to an OTLP receiver over gRPC or HTTP.
+//!
+//! It stays off the data path: the reader runs on the SDK's own thread, reads the monitor
+//! the way `/metrics` does (snapshots), and a receiver that is down or slow costs only that
+//! thread's time, up to `timeout` per export. Each export's outcome is counted
+//! ([`ExportStats`], `host_otlp_export_failures_total`) and failures are logged at most once
+//! a minute. [`Telemetry::shutdown`] makes one last export, bounded by `timeout`.
+
+mod exporter;
+mod families;
+mod http;
+
+use std::{
+    sync::{atomic::AtomicU64, Arc},
+    time::Duration,
+};
+
+use opentelemetry::{metrics::MeterProvider as _, InstrumentationScope, KeyValue};
+use opentelemetry_sdk::{
+    metrics::{PeriodicReader, SdkMeterProvider},
+    Resource,
+};
+
+use crate::{
+    config::OtlpTelemetryConfig,
+    events::{instance_id, BusHandle},
+    monitor::Monitor,
+};
+use families::Source;
+
+/// Exports of the host's metrics, by outcome.
+#[derive(Debug, Default)]
+pub struct ExportStats {
+    pub exported: AtomicU64,
+    pub failed: AtomicU64,
+}
+
+/// Why OTLP telemetry could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum TelemetryError {
+    #[error("monitoring.otlp: cannot build the OTLP exporter")]
+    Build {
+        #[source]
+        source: opentelemetry_otlp::ExporterBuildError,
+    },
+    #[error("monitoring.otlp.headers: {name:?} cannot be sent as a header")]
+    Header { name: String },
+}
+
+/// The running exporter of the host's metrics.
+pub struct Telemetry {
+    provider: SdkMeterProvider,
+    source: Arc<Source>,
+    stats: Arc<ExportStats>,
+    timeout: Duration,
+    url: String,
+}
+
+/// `service.name` (unless `resource` sets it), `service.version`, `service.instance.id`
+/// (the event bus's instance id: host name and pid), then the configured attributes.
+fn resource(config: &OtlpTelemetryConfig) -> Resource {
+    Resource::builder()
+        .with_service_name("host")
+        .with_attributes([
+            KeyValue::new("service.version", env!("CARGO_PKG_VERSION")),
+            KeyValue::new("service.instance.id", instance_id().to_string()),
+        ])
+        .with_attributes(
+            config
+                .resource
+                .iter()
+                .map(|(k, v)| KeyValue::new(k.clone(), v.clone())),
+        )
+        .build()
+}
+
+impl Telemetry {
+    /// Starts exporting every `config.interval`. Call inside the host's runtime (gRPC keeps
+    /// its connection there, HTTP runs its requests there).
+    pub fn start(
+        config: &OtlpTelemetryConfig,
+        monitor: Arc<Monitor>,
+        bus: Option<BusHandle>,
+    ) -> Result<Telemetry, TelemetryError> {
+        let stats = Arc::new(ExportStats::default());
+        let url = exporter::export_url(config);
+        let otlp = exporter::build(config, tokio::runtime::Handle::current())?;
+        let reader =
+            PeriodicReader::builder(exporter::Counted::new(otlp, stats.clone(), url.clone()))
+                .with_interval(config.interval)
+                .build();
+        let provider = SdkMeterProvider::builder()
+            .with_resource(resource(config))
+            .with_reader(reader)
+            .build();
+        let source = Arc::new(Source::new(monitor, bus, stats.clone(), config.interval));
+        register(&provider, &source);
+        tracing::info!(
+            endpoint = %url,
+            protocol = ?config.protocol,
+            interval = ?config.interval,
+            "OTLP telemetry: exporting the host's metrics"
+        );
+        Ok(Telemetry {
+            provider,
+            source,
+            stats,
+            timeout: config.timeout,
+            url,
+        })
+    }
+
+    /// Export outcomes so far (for /metrics).
+    pub fn stats(&self) -> Arc<ExportStats> {
+        self.stats.clone()
+    }
+
+    /// Makes one last export of the final values, waiting at most `timeout` (and a little
+    /// more) for it; then stops the reader. Runs on a thread of its own: the SDK's shutdown
+    /// blocks, and a runtime waits for its blocking threads when it is dropped.
+    pub async fn shutdown(self) {
+        self.source.invalidate();
+        let provider = self.provider;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let spawned = std::thread::Builder::new()
+            .name("otlp-shutdown".into())
+            .spawn(move || {
+                let _ = tx.send(provider.shutdown());
+            });
+        if let Err(error) = spawned {
+            tracing::warn!(%error, "OTLP telemetry: cannot start the final export");
+            return;
+        }
+        let bound = self.timeout + Duration::from_secs(1);
+        match tokio::time::timeout(bound, rx).await {
+            Ok(Ok(Ok(()))) => {
+                tracing::debug!(endpoint = %self.url, "OTLP telemetry: final export done")
+            }
+            Ok(Ok(Err(error))) => {
+                tracing::warn!(endpoint = %self.url, %error, "OTLP telemetry: the final export failed")
+            }
+            Ok(Err(_)) | Err(_) => tracing::warn!(
+                endpoint = %self.url,
+                timeout = ?bound,
+                "OTLP telemetry: the final export did not finish in time; giving up"
+            ),
+        }
+    }
+}
+
+/// The host's instruments on `provider`, under the scope `host`.
+fn register(provider: &SdkMeterProvider, source: &Arc<Source>) {
+    let scope = InstrumentationScope::builder("host")
+        .with_version(env!("CARGO_PKG_VERSION"))
+        .build();
+    families::register(&provider.meter_with_scope(scope), source);
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        collections::BTreeMap,
+        sync::{Arc, Mutex},
+        time::Duration,
+    };
+
+    use opentelemetry_sdk::{
+        error::OTelSdkResult,
+        metrics::{
+            data::{AggregatedMetrics, MetricData, ResourceMetrics},
+            exporter::PushMetricExporter,
+            PeriodicReader, SdkMeterProvider, Temporality,
+        },
+    };
+    use plugin_api::{StageError, StageKind};
+
+    use super::{ExportStats, Source};
+    use crate::{
+        accounting::PipelineCounters,
+        admin::LATENCY_BUCKETS,
+        monitor::{CallOutcome, Monitor, PluginMetrics, StageStats},
+    };
+
+    /// One data point as exported: (name, unit, kind, attributes, value or histogram).
+    #[derive(Debug, Clone)]
+    struct Point {
+        name: String,
+        unit: String,
+        kind: &'static str,
+        attrs: BTreeMap<String, String>,
+        value: f64,
+        /// Per-bucket counts (histograms only), the last one above the last bound.
+        buckets: Vec<u64>,
+    }
+
+    /// Keeps what the last export carried.
+    #[derive(Clone, Default)]
+    struct Capture(Arc<Mutex<Vec<Point>>>);
+
+    fn flatten<T: Copy>(
+        name: &str,
+        unit: &str,
+        data: &MetricData<T>,
+        f: fn(T) -> f64,
+    ) -> Vec<Point> {
+        let attrs = |it: &mut dyn Iterator<Item = &opentelemetry::KeyValue>| {
+            it.map(|kv| (kv.key.to_string(), kv.value.to_string()))
+                .collect()
+        };
+        let point = |kind, attrs, value: f64, buckets| Point {
+            name: name.into(),
+            unit: unit.into(),
+            kind,
+            attrs,
+            value,
+            buckets,
+        };
+        match data {
+            MetricData::Gauge(g) => g
+                .data_points()
+                .map(|p| point("gauge", attrs(&mut p.attributes()), f(p.value()), vec![]))
+                .collect(),
+            MetricData::Sum(s) => {
+                assert_eq!(s.temporality(), Temporality::Cumulative, "{name}");
+                let kind = if s.is_monotonic() {
+                    "counter"
+                } else {
+                    "updown"
+                };
+                s.data_points()
+                    .map(|p| point(kind, attrs(&mut p.attributes()), f(p.value()), vec![]))
+                    .collect()
+            }
+            MetricData::Histogram(h) => h
+                .data_points()
+                .map(|p| {
+                    assert_eq!(p.bounds().collect::<Vec<_>>(), LATENCY_BUCKETS);
+                    point(
+                        "histogram",
+                        attrs(&mut p.attributes()),
+                        p.count() as f64,
+                        p.bucket_counts().collect(),
+                    )
+                })
+                .collect(),
+            MetricData::ExponentialHistogram(_) => panic!("{name}: exponential histogram"),
+        }
+    }
+
+    impl PushMetricExporter for Capture {
+        async fn export(&self, rm: &ResourceMetrics) -> OTelSdkResult {
+            let mut points = Vec::new();
+            for sm in rm.scope_metrics() {
+                assert_eq!(sm.scope().name(), "host");
+                for m in sm.metrics() {
+                    points.extend(match m.data() {
+                        AggregatedMetrics::F64(d) => flatten(m.name(), m.unit(), d, |v| v),
+                        AggregatedMetrics::U64(d) => flatten(m.name(), m.unit(), d, |v| v as f64),
+                        AggregatedMetrics::I64(_) => panic!("{}: i64", m.name()),
+                    });
+                }
+            }
+            *self.0.lock().unwrap() = points;
+            Ok(())
+        }
+        fn force_flush(&self) -> OTelSdkResult {
+            Ok(())
+        }
+        fn shutdown_with_timeout(&self, _: Duration) -> OTelSdkResult {
+            Ok(())
+        }
+        fn temporality(&self) -> Temporality {
+            Temporality::Cumulative
+        }
+    }
+
+    fn one<'a>(points: &'a [Point], name: &str, attrs: &[(&str, &str)]) -> &'a Point {
+        let want: BTreeMap<String, String> = attrs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let found: Vec<_> = points
+            .iter()
+            .filter(|p| p.name == name && p.attrs == want)
+            .collect();
+        assert_eq!(found.len(), 1, "{name} {want:?} in {points:#?}");
+        found[0]
+    }
+
+    fn call(stats: &StageStats, ms: u64) {
+        stats.record_call(
+            Some(Duration::from_millis(ms)),
+            &CallOutcome::Success {
+                records_in: 10,
+                records_out: 9,
+                failures: &[],
+            },
+        );
+    }
+
+    #[test]
+    fn monitor_families_are_exported_with_prometheus_names_units_labels_and_values() {
+        let stats = Arc::new(StageStats::new("parse", "rules", StageKind::Processor));
+        let pipeline = Arc::new(PipelineCounters::with_limit(100));
+        let monitor = Arc::new(Monitor::new(
+            "direct",
+            pipeline.clone(),
+            vec![stats.clone()],
+            Arc::new(PluginMetrics::default()),
+        ));
+        for ms in [1, 2, 20] {
+            call(&stats, ms);
+        }
+        let error = StageError::new("io", "x");
+        stats.record_call(
+            Some(Duration::from_millis(700)),
+            &CallOutcome::Error {
+                records_in: 5,
+                error: &error,
+            },
+        );
+        pipeline.reject("malformed", 2);
+
+        let capture = Capture::default();
+        let provider = SdkMeterProvider::builder()
+            .with_reader(
+                PeriodicReader::builder(capture.clone())
+                    .with_interval(Duration::from_secs(3600))
+                    .build(),
+            )
+            .build();
+        let exports = Arc::new(ExportStats::default());
+        let source = Arc::new(Source::new(
+            monitor,
+            None,
+            exports,
+            Duration::from_secs(3600),
+        ));
+        super::register(&provider, &source);
+
+        provider.force_flush().unwrap();
+        let points = capture.0.lock().unwrap().clone();
+        let stage = [("stage", "parse"), ("operation", "process")];
+        let calls = one(&points, "host_stage_calls_total", &stage);
+        assert_eq!(
+            (calls.kind, calls.unit.as_str(), calls.value),
+            ("counter", "{call}", 4.0)
+        );
+        assert_eq!(
+            one(&points, "host_stage_records_in_total", &stage).value,
+            35.0
+        );
+        assert_eq!(
+            one(&points, "host_stage_records_out_total", &stage).value,
+            27.0
+        );
+        assert_eq!(
+            one(&points, "host_stage_call_errors_total", &stage).value,
+            1.0
+        );
+        let errors = [
+            ("stage", "parse"),
+            ("operation", "process"),
+            ("error_type", "io"),
+        ];
+        assert_eq!(one(&points, "host_stage_errors_total", &errors).value, 1.0);
+        let failed = one(
+            &points,
+            "host_messages_failed_by_type_total",
+            &[("error_type", "malformed")],
+        );
+        assert_eq!((failed.kind, failed.value), ("counter", 2.0));
+        assert_eq!(one(&points, "host_messages_received_total", &[]).value, 2.0);
+        let mode = one(&points, "host_monitoring_mode_info", &[("mode", "direct")]);
+        assert_eq!((mode.kind, mode.value), ("gauge", 1.0));
+        let uptime = one(&points, "host_uptime_seconds", &[]);
+        assert_eq!((uptime.kind, uptime.unit.as_str()), ("gauge", "s"));
+
+        // The histogram's buckets are exactly /metrics's cumulative `le` counts.
+        let h = one(&points, "host_stage_call_duration_seconds", &stage);
+        assert_eq!((h.kind, h.unit.as_str(), h.value), ("histogram", "s", 4.0));
+        let (latency, _) = stats.histograms();
+        let mut cumulative = 0;
+        for (i, le) in LATENCY_BUCKETS.iter().enumerate() {
+            cumulative += h.buckets[i];
+            assert_eq!(
+                cumulative,
+                latency.count_between(0, (le * 1e9) as u64),
+                "le {le}"
+            );
+        }
+        assert_eq!(cumulative + h.buckets[LATENCY_BUCKETS.len()], 4);
+
+        let cpu = one(&points, "process_cpu_seconds_total", &[]);
+        assert_eq!((cpu.kind, cpu.unit.as_str()), ("counter", "s"));
+        let rss = one(&points, "process_resident_memory_bytes", &[]);
+        assert!(rss.value > 0.0 && rss.unit == "By", "{rss:?}");
+        assert!(one(&points, "process_threads", &[]).value >= 1.0);
+        assert_eq!(
+            one(&points, "host_otlp_export_failures_total", &[]).value,
+            0.0
+        );
+
+        // The next export holds the new calls once, not the earlier ones again.
+        call(&stats, 3);
+        source.invalidate();
+        provider.force_flush().unwrap();
+        let points = capture.0.lock().unwrap().clone();
+        assert_eq!(
+            one(&points, "host_stage_call_duration_seconds", &stage).value,
+            5.0
+        );
+        assert_eq!(one(&points, "host_stage_calls_total", &stage).value, 5.0);
+    }
+}
