@@ -12,15 +12,21 @@
 //! For the monitoring layer: the admin API over real HTTP ([`Host::admin_address`],
 //! [`Host::get`], [`http_get`]), the Prometheus text it serves, parsed ([`Metrics`]) and checked
 //! by the real `promtool` ([`promtool_check_metrics`]), and a real `redis-server` with a client
-//! for the event streams ([`RedisServer`], [`read_stream`]).
+//! for the event streams ([`RedisServer`], [`read_stream`]). For the `otlp` exporter: a real
+//! OTLP receiver, gRPC or HTTP, decoding with the official protobuf types ([`OtlpReceiver`]).
 //!
 //! Every wait has a time limit, so a hang fails the test instead of eating CI time.
 
 mod http;
+mod otlp_receiver;
 mod prometheus;
 mod redis_server;
 
 pub use http::{http_get, HttpResponse, HTTP_TIMEOUT};
+pub use otlp_receiver::{
+    any_to_json, attributes_json, histogram_points, is_gauge, number_points, sum_shape, Answer,
+    OtlpProtocol, OtlpReceiver, Received, RECEIVER_TIMEOUT,
+};
 pub use prometheus::{promtool_bin, promtool_check_metrics, Metrics, Sample};
 pub use redis_server::{
     read_stream, redis_info_field, redis_keys, redis_server_bin, redis_url, stream_key,

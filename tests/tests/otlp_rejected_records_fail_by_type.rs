@@ -1,0 +1,99 @@
+//! A receiver that answers a permanent error (gRPC `INVALID_ARGUMENT`, HTTP 400): the
+//! `otlp` stage's records fail with error type `otlp_rejected`, at once (no retries), in the
+//! summary and the monitor's counts. Records sent once the receiver accepts again are
+//! delivered.
+
+use std::time::Duration;
+
+use tests::{
+    assert_reconciled, json, send_json, stage, totals, wait_until, Answer, Host, OtlpProtocol,
+    OtlpReceiver, Value,
+};
+
+const REJECTED: u64 = 30;
+const ACCEPTED: u64 = 10;
+
+fn pipeline(receiver: &OtlpReceiver) -> String {
+    format!(
+        r#"
+plugins:
+  paths: ["{{{{plugins}}}}"]
+sources:
+  in: {{ type: zmq, socket: pull, bind: "{{{{endpoint}}}}" }}
+stages:
+  out:
+    plugin: otlp
+    inputs: [in]
+    config:
+      endpoint: "{endpoint}"
+      protocol: {protocol}
+      compression: none
+      sending: {{ batch_size: 8, max_delay: 20ms }}
+"#,
+        endpoint = receiver.endpoint(),
+        protocol = receiver.protocol.name(),
+    )
+}
+
+fn messages(from: u64, to: u64) -> Vec<Value> {
+    (from..to).map(|i| json!({ "i": i })).collect()
+}
+
+fn rejected(protocol: OtlpProtocol) {
+    let receiver = OtlpReceiver::start(protocol);
+    receiver.answer(Answer::Reject);
+    let mut host = Host::start(&pipeline(&receiver));
+    send_json(&host.endpoint, &messages(0, REJECTED));
+    let api = host.wait_settled(REJECTED);
+    assert_eq!(
+        api["pipeline"]["failed_by_type"],
+        json!({ "otlp_rejected": REJECTED }),
+        "{api:#}"
+    );
+    assert_eq!(
+        stage(&api, "out")["errors_by_type"],
+        json!({ "otlp_rejected": REJECTED }),
+        "{api:#}"
+    );
+    let requests = receiver.received().requests;
+    assert!(
+        (REJECTED / 8..=REJECTED).contains(&requests),
+        "one request per batch, no retries: {requests}"
+    );
+    assert_eq!(receiver.received().log_records().len(), 0);
+
+    receiver.answer(Answer::Accept);
+    send_json(&host.endpoint, &messages(REJECTED, REJECTED + ACCEPTED));
+    let ok = wait_until(Duration::from_secs(30), || {
+        receiver.received().log_records().len() as u64 >= ACCEPTED
+    });
+    assert!(ok, "the accepted records did not arrive:\n{}", host.log());
+    host.wait_settled(REJECTED + ACCEPTED);
+    let summary = host.stop();
+    assert_reconciled(&summary);
+    assert_eq!(
+        totals(&summary),
+        (REJECTED + ACCEPTED, ACCEPTED, 0, REJECTED),
+        "{summary:#}"
+    );
+    assert_eq!(
+        summary["pipeline"]["failed_by_type"],
+        json!({ "otlp_rejected": REJECTED }),
+        "{summary:#}"
+    );
+    assert!(
+        host.log().contains("the target rejected a batch"),
+        "the rejection is logged:\n{}",
+        host.log()
+    );
+}
+
+#[test]
+fn grpc_rejections_fail_records_as_otlp_rejected() {
+    rejected(OtlpProtocol::Grpc);
+}
+
+#[test]
+fn http_rejections_fail_records_as_otlp_rejected() {
+    rejected(OtlpProtocol::Http);
+}
