@@ -31,9 +31,13 @@ stages:
     plugin: rules
     inputs: [in]
     config: {{ drop: [{{ field: level, equals: debug }}] }}
+  measure:
+    plugin: message-metrics
+    inputs: [process]
+    config: {{ type_field: level }}
   export:
     plugin: jsonl
-    inputs: [process]
+    inputs: [measure]
     config: {{ path: "{{{{dir}}}}/out.jsonl" }}
 monitoring:
   mode: direct
@@ -312,6 +316,11 @@ fn metrics_arrive(protocol: OtlpProtocol) {
     assert_eq!(
         value(&otlp, "host_stage_records_by_type_total", &debug),
         Some((N / 5) as f64)
+    );
+    // A plugin's own metric (message-metrics counts what it measured).
+    assert_eq!(
+        value(&otlp, "host_plugin_records_total", &[("stage", "measure")]),
+        Some(kept as f64)
     );
     assert_same_as_prometheus(&prom, &otlp);
 

@@ -8,8 +8,11 @@
 //! thread, with what the monitor's HDR histograms gained since the previous collection.
 
 use std::{
-    collections::{BTreeMap, HashMap},
-    sync::{atomic::Ordering::Relaxed, Arc, Mutex},
+    collections::{BTreeMap, HashMap, HashSet},
+    sync::{
+        atomic::{AtomicUsize, Ordering::Relaxed},
+        Arc, Mutex,
+    },
     time::{Duration, Instant},
 };
 
@@ -24,8 +27,13 @@ use crate::{
     admin::LATENCY_BUCKETS,
     events::{BusHandle, BusStats},
     lock,
-    monitor::{process::ProcessMetrics, Monitor, Snapshot},
+    monitor::{
+        plugin::{family_name, SeriesValue},
+        process::ProcessMetrics,
+        Monitor, Snapshot,
+    },
 };
+use plugin_api::MetricKind;
 
 /// Everything the callbacks of one collection read: taken once, when the first callback of a
 /// collection asks.
@@ -35,6 +43,8 @@ pub(crate) struct Reading {
     bus: Option<BusStats>,
     process: Option<ProcessMetrics>,
     exports: (u64, u64),
+    /// Plugin counters and gauges by family name (`host_plugin_...`): (attributes, value).
+    plugins: HashMap<String, Vec<(Vec<KeyValue>, f64)>>,
 }
 
 /// The latency histograms and what of the monitor's they were last fed.
@@ -89,8 +99,10 @@ impl Source {
         // Fed here, so the histograms hold the same moment as the counters, and before the
         // SDK collects them (it runs every callback first).
         self.feed_histograms();
+        let snap = self.monitor.snapshot();
         let reading = Arc::new(Reading {
-            snap: self.monitor.snapshot(),
+            plugins: plugin_points(&snap),
+            snap,
             dropped: self.monitor.plugins.dropped(),
             bus: self.bus.as_ref().map(|b| b.stats()),
             process: ProcessMetrics::collect().ok(),
@@ -124,6 +136,100 @@ impl Source {
             let e2e_attrs = [KeyValue::new("stage", stats.name.clone())];
             record_gain(&replay.end_to_end, &e2e, &fed.1, &e2e_attrs);
             *fed = (latency, e2e);
+        }
+    }
+}
+
+/// Plugin series as /metrics labels them: `stage`, then the plugin's own labels.
+fn plugin_points(snap: &Snapshot) -> HashMap<String, Vec<(Vec<KeyValue>, f64)>> {
+    let mut out: HashMap<String, Vec<(Vec<KeyValue>, f64)>> = HashMap::new();
+    for s in &snap.plugin_metrics {
+        let (kind, value) = match s.value {
+            SeriesValue::Counter { value } => (MetricKind::Counter, value),
+            SeriesValue::Gauge { value } => (MetricKind::Gauge, value),
+            // See `PluginFamilies::update`.
+            SeriesValue::Histogram { .. } => continue,
+        };
+        let mut attrs = vec![KeyValue::new("stage", s.stage.clone())];
+        attrs.extend(
+            s.labels
+                .iter()
+                .filter(|(k, _)| *k != "stage" && *k != "le")
+                .map(|(k, v)| KeyValue::new(k.clone(), v.clone())),
+        );
+        out.entry(family_name(kind, &s.name))
+            .or_default()
+            .push((attrs, value));
+    }
+    out
+}
+
+/// The families of plugin metrics, registered as plugins first record them. An instrument
+/// cannot be made while the SDK collects (callbacks run under its lock), so a task of the
+/// host's runtime looks for new series and registers their families between collections.
+///
+/// Plugin histograms are left out: the monitor keeps only their bucket counts and sum, which
+/// cannot be replayed into an SDK histogram without making up values (they stay on /metrics).
+pub(crate) struct PluginFamilies {
+    meter: Meter,
+    source: Arc<Source>,
+    known: Mutex<HashSet<String>>,
+    /// The series count at the last look: nothing new, nothing to do.
+    seen: AtomicUsize,
+}
+
+impl PluginFamilies {
+    pub(crate) fn new(meter: Meter, source: Arc<Source>) -> Self {
+        PluginFamilies {
+            meter,
+            source,
+            known: Mutex::new(HashSet::new()),
+            seen: AtomicUsize::new(0),
+        }
+    }
+
+    /// Registers the families of series that appeared since the last call.
+    pub(crate) fn update(&self) {
+        let plugins = &self.source.monitor.plugins;
+        let count = plugins.series_count();
+        if self.seen.swap(count, Relaxed) == count {
+            return;
+        }
+        let mut known = lock(&self.known);
+        for (key, value) in plugins.series() {
+            let kind = match value {
+                SeriesValue::Counter { .. } => MetricKind::Counter,
+                SeriesValue::Gauge { .. } => MetricKind::Gauge,
+                SeriesValue::Histogram { .. } => continue,
+            };
+            let family = family_name(kind, &key.name);
+            if known.contains(&family) {
+                continue;
+            }
+            known.insert(family.clone());
+            let source = self.source.clone();
+            let name = family.clone();
+            let observe = move |o: &dyn AsyncInstrument<f64>| {
+                if let Some(points) = source.reading().plugins.get(&name) {
+                    for (attrs, value) in points {
+                        o.observe(*value, attrs);
+                    }
+                }
+            };
+            const HELP: &str = "Recorded by a plugin through the host context.";
+            if kind == MetricKind::Counter {
+                self.meter
+                    .f64_observable_counter(family)
+                    .with_description(HELP)
+                    .with_callback(observe)
+                    .build();
+            } else {
+                self.meter
+                    .f64_observable_gauge(family)
+                    .with_description(HELP)
+                    .with_callback(observe)
+                    .build();
+            }
         }
     }
 }

@@ -29,7 +29,7 @@ use crate::{
     events::{instance_id, BusHandle},
     monitor::Monitor,
 };
-use families::Source;
+use families::{PluginFamilies, Source};
 
 /// Exports of the host's metrics, by outcome.
 #[derive(Debug, Default)]
@@ -53,6 +53,9 @@ pub enum TelemetryError {
 /// The running exporter of the host's metrics.
 pub struct Telemetry {
     provider: SdkMeterProvider,
+    plugin_families: Arc<PluginFamilies>,
+    /// Registers plugin families as they appear (see [`PluginFamilies`]).
+    watcher: tokio::task::JoinHandle<()>,
     source: Arc<Source>,
     stats: Arc<ExportStats>,
     timeout: Duration,
@@ -97,7 +100,12 @@ impl Telemetry {
             .with_reader(reader)
             .build();
         let source = Arc::new(Source::new(monitor, bus, stats.clone(), config.interval));
-        register(&provider, &source);
+        let meter = register(&provider, &source);
+        let plugin_families = Arc::new(PluginFamilies::new(meter, source.clone()));
+        let watcher = tokio::spawn(watch_plugin_families(
+            plugin_families.clone(),
+            (config.interval / 4).clamp(Duration::from_millis(50), Duration::from_secs(1)),
+        ));
         tracing::info!(
             endpoint = %url,
             protocol = ?config.protocol,
@@ -106,6 +114,8 @@ impl Telemetry {
         );
         Ok(Telemetry {
             provider,
+            plugin_families,
+            watcher,
             source,
             stats,
             timeout: config.timeout,
@@ -122,6 +132,9 @@ impl Telemetry {
     /// more) for it; then stops the reader. Runs on a thread of its own: the SDK's shutdown
     /// blocks, and a runtime waits for its blocking threads when it is dropped.
     pub async fn shutdown(self) {
+        self.watcher.abort();
+        // Families that appeared since the last look make the final export too.
+        self.plugin_families.update();
         self.source.invalidate();
         let provider = self.provider;
         let (tx, rx) = tokio::sync::oneshot::channel();
@@ -151,12 +164,24 @@ impl Telemetry {
     }
 }
 
-/// The host's instruments on `provider`, under the scope `host`.
-fn register(provider: &SdkMeterProvider, source: &Arc<Source>) {
+/// The host's instruments on `provider`, under the scope `host`; returns the meter, for the
+/// plugin families to come.
+fn register(provider: &SdkMeterProvider, source: &Arc<Source>) -> opentelemetry::metrics::Meter {
     let scope = InstrumentationScope::builder("host")
         .with_version(env!("CARGO_PKG_VERSION"))
         .build();
-    families::register(&provider.meter_with_scope(scope), source);
+    let meter = provider.meter_with_scope(scope);
+    families::register(&meter, source);
+    meter
+}
+
+async fn watch_plugin_families(families: Arc<PluginFamilies>, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        families.update();
+    }
 }
 
 #[cfg(test)]
@@ -175,9 +200,9 @@ mod tests {
             PeriodicReader, SdkMeterProvider, Temporality,
         },
     };
-    use plugin_api::{StageError, StageKind};
+    use plugin_api::{MetricKind, StageError, StageKind};
 
-    use super::{ExportStats, Source};
+    use super::{ExportStats, PluginFamilies, Source};
     use crate::{
         accounting::PipelineCounters,
         admin::LATENCY_BUCKETS,
@@ -311,6 +336,7 @@ mod tests {
             vec![stats.clone()],
             Arc::new(PluginMetrics::default()),
         ));
+        let monitor_for_source = monitor.clone();
         for ms in [1, 2, 20] {
             call(&stats, ms);
         }
@@ -323,6 +349,16 @@ mod tests {
             },
         );
         pipeline.reject("malformed", 2);
+        let plugins = monitor.plugins.clone();
+        plugins.record(
+            "parse",
+            MetricKind::Counter,
+            "records",
+            3.0,
+            &[("type", "a")],
+        );
+        plugins.record("parse", MetricKind::Gauge, "depth", 7.0, &[]);
+        plugins.record("parse", MetricKind::Histogram, "write_seconds", 0.1, &[]);
 
         let capture = Capture::default();
         let provider = SdkMeterProvider::builder()
@@ -334,12 +370,14 @@ mod tests {
             .build();
         let exports = Arc::new(ExportStats::default());
         let source = Arc::new(Source::new(
-            monitor,
+            monitor_for_source,
             None,
             exports,
             Duration::from_secs(3600),
         ));
-        super::register(&provider, &source);
+        let meter = super::register(&provider, &source);
+        let plugin_families = PluginFamilies::new(meter, source.clone());
+        plugin_families.update();
 
         provider.force_flush().unwrap();
         let points = capture.0.lock().unwrap().clone();
@@ -406,6 +444,8 @@ mod tests {
 
         // The next export holds the new calls once, not the earlier ones again.
         call(&stats, 3);
+        plugins.record("parse", MetricKind::Counter, "late", 1.0, &[]);
+        plugin_families.update();
         source.invalidate();
         provider.force_flush().unwrap();
         let points = capture.0.lock().unwrap().clone();
@@ -414,5 +454,9 @@ mod tests {
             5.0
         );
         assert_eq!(one(&points, "host_stage_calls_total", &stage).value, 5.0);
+        assert_eq!(
+            one(&points, "host_plugin_late_total", &[("stage", "parse")]).value,
+            1.0
+        );
     }
 }
