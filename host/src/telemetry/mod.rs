@@ -431,6 +431,10 @@ mod tests {
             );
         }
         assert_eq!(cumulative + h.buckets[LATENCY_BUCKETS.len()], 4);
+        // As on /metrics: no end-to-end histogram for a stage that delivered nothing.
+        assert!(!points
+            .iter()
+            .any(|p| p.name == "host_end_to_end_latency_seconds"));
 
         let cpu = one(&points, "process_cpu_seconds_total", &[]);
         assert_eq!((cpu.kind, cpu.unit.as_str()), ("counter", "s"));
@@ -444,6 +448,7 @@ mod tests {
 
         // The next export holds the new calls once, not the earlier ones again.
         call(&stats, 3);
+        stats.record_delivered(&[(1_000_000, 4)], 3_000_000);
         plugins.record("parse", MetricKind::Counter, "late", 1.0, &[]);
         plugin_families.update();
         source.invalidate();
@@ -454,6 +459,15 @@ mod tests {
             5.0
         );
         assert_eq!(one(&points, "host_stage_calls_total", &stage).value, 5.0);
+        let e2e = one(
+            &points,
+            "host_end_to_end_latency_seconds",
+            &[("stage", "parse")],
+        );
+        assert_eq!(e2e.value, 4.0);
+        // 2 ms: in the bucket up to 5 ms.
+        let five_ms = LATENCY_BUCKETS.iter().position(|b| *b == 5e-3).unwrap();
+        assert_eq!(e2e.buckets[five_ms], 4, "{e2e:?}");
         assert_eq!(
             one(&points, "host_plugin_late_total", &[("stage", "parse")]).value,
             1.0
