@@ -8,10 +8,10 @@
 //!   ([`JsonError::NumberOutOfRange`]): never a silent conversion to a float.
 //!
 //! [`Record::from_json`] (what sources run on every message) is one pass over the text,
-//! straight into the record's table: two allocations per message, none per field. The
-//! `Deserialize` impls (stage configs, tests) go through serde with the same rules, except
-//! that serde's JSON reader hands integers beyond `u64` over as floats, so there they cannot
-//! be told from floats.
+//! straight into the record's table: three allocations per message (handle, table,
+//! buffer), none per field. The `Deserialize` impls (stage configs, tests) go through serde
+//! with the same rules, except that serde's JSON reader hands integers beyond `u64` over as
+//! floats, so there they cannot be told from floats.
 
 use std::{cell::Cell, fmt};
 
@@ -337,7 +337,7 @@ impl Record {
     /// (see the [module](crate::json) for the policy). A top-level `traceparent` field (W3C
     /// trace context) also becomes the record's [`Record::trace`]; the field stays.
     ///
-    /// One pass over the text, straight into the record's table: two allocations per
+    /// One pass over the text, straight into the record's table: three allocations per
     /// message, none per field.
     pub fn from_json(bytes: &[u8]) -> Result<Record, JsonError> {
         // Validated once here, so that every string cut out of it at a quote or a backslash

@@ -27,8 +27,10 @@ use opentelemetry_proto::tonic::collector::{
 };
 pub use opentelemetry_proto::tonic::{
     collector::{
-        logs::v1::{ExportLogsServiceRequest, ExportLogsServiceResponse},
-        metrics::v1::{ExportMetricsServiceRequest, ExportMetricsServiceResponse},
+        logs::v1::{ExportLogsPartialSuccess, ExportLogsServiceRequest, ExportLogsServiceResponse},
+        metrics::v1::{
+            ExportMetricsPartialSuccess, ExportMetricsServiceRequest, ExportMetricsServiceResponse,
+        },
     },
     common::v1::{any_value, AnyValue, KeyValue},
     logs::v1::LogRecord,
@@ -67,7 +69,12 @@ pub enum Answer {
     Reject,
     /// A retryable error: gRPC `UNAVAILABLE`, HTTP 503. Nothing is kept.
     Unavailable,
+    /// Keeps what it gets and answers a partial success: this many items rejected.
+    Partial(i64),
 }
+
+/// The error message of [`Answer::Partial`]'s answers.
+pub const PARTIAL_MESSAGE: &str = "some items dropped by the test";
 
 /// What the receiver has accepted since it was made (across restarts).
 #[derive(Debug, Default)]
@@ -133,7 +140,10 @@ impl Shared {
                 )
             })
             .collect();
-        if matches!(answer, Answer::Accept | Answer::Discard) {
+        if matches!(
+            answer,
+            Answer::Accept | Answer::Discard | Answer::Partial(_)
+        ) {
             received.items += items as u64;
         }
         (answer, received)
@@ -162,9 +172,37 @@ fn point_count(r: &ExportMetricsServiceRequest) -> usize {
         .sum()
 }
 
+fn keeps(answer: Answer) -> bool {
+    matches!(answer, Answer::Accept | Answer::Partial(_))
+}
+
+fn logs_response(answer: Answer) -> ExportLogsServiceResponse {
+    ExportLogsServiceResponse {
+        partial_success: match answer {
+            Answer::Partial(n) => Some(ExportLogsPartialSuccess {
+                rejected_log_records: n,
+                error_message: PARTIAL_MESSAGE.to_owned(),
+            }),
+            _ => None,
+        },
+    }
+}
+
+fn metrics_response(answer: Answer) -> ExportMetricsServiceResponse {
+    ExportMetricsServiceResponse {
+        partial_success: match answer {
+            Answer::Partial(n) => Some(ExportMetricsPartialSuccess {
+                rejected_data_points: n,
+                error_message: PARTIAL_MESSAGE.to_owned(),
+            }),
+            _ => None,
+        },
+    }
+}
+
 fn grpc_status(answer: Answer) -> Option<tonic::Status> {
     match answer {
-        Answer::Accept | Answer::Discard => None,
+        Answer::Accept | Answer::Discard | Answer::Partial(_) => None,
         Answer::Reject => Some(tonic::Status::invalid_argument("rejected by the test")),
         Answer::Unavailable => Some(tonic::Status::unavailable("unavailable by the test")),
     }
@@ -182,10 +220,10 @@ impl LogsService for Shared {
         if let Some(status) = grpc_status(answer) {
             return Err(status);
         }
-        if answer == Answer::Accept {
+        if keeps(answer) {
             received.logs.push(request);
         }
-        Ok(tonic::Response::new(ExportLogsServiceResponse::default()))
+        Ok(tonic::Response::new(logs_response(answer)))
     }
 }
 
@@ -201,10 +239,10 @@ impl MetricsService for Shared {
         if let Some(status) = grpc_status(answer) {
             return Err(status);
         }
-        if answer == Answer::Accept {
+        if keeps(answer) {
             received.metrics.push(request);
         }
-        Ok(tonic::Response::new(ExportMetricsServiceResponse::default()))
+        Ok(tonic::Response::new(metrics_response(answer)))
     }
 }
 
@@ -225,7 +263,7 @@ fn http_body(headers: &HeaderMap, body: &Bytes) -> Result<Vec<u8>, String> {
 
 fn http_answer(answer: Answer, ok_body: Vec<u8>) -> axum::response::Response {
     let status = match answer {
-        Answer::Accept | Answer::Discard => StatusCode::OK,
+        Answer::Accept | Answer::Discard | Answer::Partial(_) => StatusCode::OK,
         Answer::Reject => StatusCode::BAD_REQUEST,
         Answer::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
     };
@@ -249,11 +287,11 @@ async fn http_logs(
         Err(e) => return (StatusCode::BAD_REQUEST, e).into_response(),
     };
     let (answer, mut received) = shared.take(&headers, log_count(&request));
-    if answer == Answer::Accept {
+    if keeps(answer) {
         received.logs.push(request);
     }
     drop(received);
-    http_answer(answer, ExportLogsServiceResponse::default().encode_to_vec())
+    http_answer(answer, logs_response(answer).encode_to_vec())
 }
 
 async fn http_metrics(
@@ -268,14 +306,11 @@ async fn http_metrics(
         Err(e) => return (StatusCode::BAD_REQUEST, e).into_response(),
     };
     let (answer, mut received) = shared.take(&headers, point_count(&request));
-    if answer == Answer::Accept {
+    if keeps(answer) {
         received.metrics.push(request);
     }
     drop(received);
-    http_answer(
-        answer,
-        ExportMetricsServiceResponse::default().encode_to_vec(),
-    )
+    http_answer(answer, metrics_response(answer).encode_to_vec())
 }
 
 /// An OTLP receiver on `127.0.0.1:port`; dropping it stops it.

@@ -39,6 +39,7 @@ fn check(stages: &BTreeMap<String, [String; 4]>, dir: &Path) {
         ("rules", "processor", lib(dir, "rules")),
         ("message-metrics", "metrics", lib(dir, "message_metrics")),
         ("jsonl", "exporter", lib(dir, "jsonl")),
+        ("otlp", "exporter", lib(dir, "otlp")),
     ];
     let api = &stages["passthrough"][2];
     for (name, kind, library) in expected {

@@ -321,3 +321,31 @@ fn gzip_bytes(data: &[u8]) -> Vec<u8> {
     let _ = encoder.write_all(data);
     encoder.finish().unwrap_or_default()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn retryable(status: tonic::Status) -> bool {
+        matches!(grpc_error(&status, "http://x:1"), SendError::Retryable(_))
+    }
+
+    #[test]
+    fn grpc_answers_are_classified_as_otlp_asks() {
+        assert!(retryable(tonic::Status::unavailable("down")));
+        assert!(retryable(tonic::Status::resource_exhausted("busy")));
+        assert!(retryable(tonic::Status::deadline_exceeded("slow")));
+        assert!(!retryable(tonic::Status::invalid_argument("bad")));
+        assert!(!retryable(tonic::Status::unauthenticated("who")));
+        assert!(!retryable(tonic::Status::unknown("the receiver said so")));
+        // Made on this side: the connection broke under the request.
+        let broken = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset");
+        assert!(retryable(tonic::Status::from_error(Box::new(broken))));
+        let SendError::Permanent(e) = grpc_error(&tonic::Status::invalid_argument("bad"), "u")
+        else {
+            panic!("permanent")
+        };
+        assert_eq!(e.kind(), REJECTED);
+        assert!(e.message().contains("OTLP receiver u") && e.message().contains("bad"));
+    }
+}
