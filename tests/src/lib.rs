@@ -32,12 +32,15 @@ pub use prometheus::{promtool_bin, promtool_check_metrics, Metrics, Sample};
 /// arrived beyond what [`Received`] sums up (a request's resource, a number point's value).
 pub mod otlp {
     pub use opentelemetry_proto::tonic::{
-        collector::metrics::v1::ExportMetricsServiceRequest,
+        collector::{
+            metrics::v1::ExportMetricsServiceRequest, trace::v1::ExportTraceServiceRequest,
+        },
         common::v1::{any_value, AnyValue, KeyValue},
         metrics::v1::{
             metric, number_data_point, AggregationTemporality, HistogramDataPoint, Metric,
             NumberDataPoint,
         },
+        trace::v1::{status, Span},
     };
 }
 

@@ -415,7 +415,10 @@ fn a_receiver_that_is_down_costs_only_counted_failed_exports() {
         prom.value("host_otlp_export_failures_total", &[])
     );
     // Logged once, not once per export.
-    let warnings = host.log().matches("OTLP telemetry: export failed").count();
+    let warnings = host
+        .log()
+        .matches("OTLP telemetry: metrics export failed")
+        .count();
     assert_eq!(warnings, 1, "{}", host.log());
 
     // Back on the same port: exports resume, and say so.
@@ -429,7 +432,7 @@ fn a_receiver_that_is_down_costs_only_counted_failed_exports() {
         "no export after the receiver returned:\n{}",
         host.log()
     );
-    host.wait_for_log("exports succeed again", EXPORT_TIMEOUT);
+    host.wait_for_log("metrics exports succeed again", EXPORT_TIMEOUT);
     let summary = host.stop();
     assert_reconciled(&summary);
     assert_eq!(totals(&summary), (N, N - N / 5, N / 5, 0), "{summary:#}");

@@ -371,6 +371,23 @@ pub struct OtlpTelemetryConfig {
     /// `service.instance.id` (which these override).
     #[serde(default)]
     pub resource: BTreeMap<String, String>,
+    /// A span per stage call, sampled, sent to the same receiver; absent: no traces.
+    #[serde(default)]
+    pub traces: Option<OtlpTracesConfig>,
+}
+
+/// `monitoring.otlp.traces`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct OtlpTracesConfig {
+    /// The share of stage calls that get a span, 0 to 1 (decided by trace id, as OTel's
+    /// `TraceIdRatioBased` sampler does).
+    #[serde(default = "default_sample_ratio")]
+    pub sample_ratio: f64,
+}
+
+fn default_sample_ratio() -> f64 {
+    0.01
 }
 
 /// `http://host:port[/path]`; TLS is not built in.
@@ -748,6 +765,17 @@ impl PipelineConfig {
                     otlp.timeout, otlp.interval
                 ),
             ));
+        }
+        if let Some(traces) = &otlp.traces {
+            if !(0.0..=1.0).contains(&traces.sample_ratio) {
+                out.push(self.diagnostic(
+                    &["monitoring", "otlp", "traces", "sample_ratio"],
+                    format!(
+                        "`sample_ratio` ({}) must be between 0 and 1",
+                        traces.sample_ratio
+                    ),
+                ));
+            }
         }
         for (name, value) in &otlp.headers {
             let name_ok = !name.is_empty()

@@ -8,8 +8,8 @@ use std::{
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use opentelemetry_otlp::{
-    tonic_types::metadata::MetadataMap, MetricExporter, Protocol, WithExportConfig, WithHttpConfig,
-    WithTonicConfig,
+    tonic_types::metadata::MetadataMap, MetricExporter, Protocol, SpanExporter, WithExportConfig,
+    WithHttpConfig, WithTonicConfig,
 };
 use opentelemetry_sdk::{
     error::OTelSdkResult,
@@ -27,16 +27,104 @@ const WARN_EVERY: Duration = Duration::from_secs(60);
 
 /// Where OTLP/HTTP metrics go when the endpoint names no path (the OTLP specification's).
 const HTTP_METRICS_PATH: &str = "/v1/metrics";
+const HTTP_TRACES_PATH: &str = "/v1/traces";
 
-/// The URL the exporter sends to.
+/// The URL the metrics exporter sends to.
 pub(crate) fn export_url(config: &OtlpTelemetryConfig) -> String {
+    signal_url(config, HTTP_METRICS_PATH)
+}
+
+/// The URL the span exporter sends to: for HTTP, `/v1/traces` beside `/v1/metrics` (or in
+/// its place when the endpoint names the metrics path).
+pub(crate) fn traces_url(config: &OtlpTelemetryConfig) -> String {
+    let url = signal_url(config, HTTP_TRACES_PATH);
+    match url.strip_suffix(HTTP_METRICS_PATH) {
+        Some(base) if config.protocol == OtlpProtocol::Http => format!("{base}{HTTP_TRACES_PATH}"),
+        _ => url,
+    }
+}
+
+fn signal_url(config: &OtlpTelemetryConfig, path: &str) -> String {
     let endpoint = config.endpoint.trim_end_matches('/');
     let has_path = endpoint
         .strip_prefix("http://")
         .is_some_and(|rest| rest.contains('/'));
     match config.protocol {
-        OtlpProtocol::Http if !has_path => format!("{endpoint}{HTTP_METRICS_PATH}"),
+        OtlpProtocol::Http if !has_path => format!("{endpoint}{path}"),
         _ => endpoint.to_owned(),
+    }
+}
+
+/// The configured headers, as gRPC metadata.
+fn metadata(config: &OtlpTelemetryConfig) -> Result<MetadataMap, TelemetryError> {
+    let mut headers = HeaderMap::new();
+    for (k, v) in &config.headers {
+        let bad = || TelemetryError::Header { name: k.clone() };
+        let name = HeaderName::from_bytes(k.as_bytes()).map_err(|_| bad())?;
+        let value = HeaderValue::from_str(v).map_err(|_| bad())?;
+        headers.insert(name, value);
+    }
+    Ok(MetadataMap::from_headers(headers))
+}
+
+/// Builds the OTLP span exporter, as [`build`] does the metric one.
+pub(crate) fn build_spans(
+    config: &OtlpTelemetryConfig,
+    runtime: tokio::runtime::Handle,
+) -> Result<SpanExporter, TelemetryError> {
+    let url = traces_url(config);
+    let built = match config.protocol {
+        OtlpProtocol::Grpc => SpanExporter::builder()
+            .with_tonic()
+            .with_endpoint(url)
+            .with_timeout(config.timeout)
+            .with_metadata(metadata(config)?)
+            .build(),
+        OtlpProtocol::Http => SpanExporter::builder()
+            .with_http()
+            .with_protocol(Protocol::HttpBinary)
+            .with_endpoint(url)
+            .with_timeout(config.timeout)
+            .with_headers(config.headers.clone().into_iter().collect())
+            .with_http_client(RuntimeHttpClient::new(runtime, config.timeout))
+            .build(),
+    };
+    built.map_err(|source| TelemetryError::Build { source })
+}
+
+/// Logs failed span exports ([`FailureLog`]).
+#[derive(Debug)]
+pub(crate) struct LoggedSpans {
+    inner: SpanExporter,
+    log: FailureLog,
+}
+
+impl LoggedSpans {
+    pub(crate) fn new(inner: SpanExporter, url: String) -> Self {
+        LoggedSpans {
+            inner,
+            log: FailureLog::new("traces", None, url),
+        }
+    }
+}
+
+impl opentelemetry_sdk::trace::SpanExporter for LoggedSpans {
+    async fn export(&self, batch: Vec<opentelemetry_sdk::trace::SpanData>) -> OTelSdkResult {
+        let result = self.inner.export(batch).await;
+        self.log.note(&result);
+        result
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        self.inner.shutdown_with_timeout(timeout)
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        self.inner.force_flush()
+    }
+
+    fn set_resource(&mut self, resource: &opentelemetry_sdk::Resource) {
+        self.inner.set_resource(resource);
     }
 }
 
@@ -78,14 +166,65 @@ pub(crate) fn build(
     built.map_err(|source| TelemetryError::Build { source })
 }
 
-/// Counts each export's outcome, and logs failures without flooding the log: the first,
-/// then a summary at most once a minute, and the recovery.
+/// Logs export failures without flooding the log: the first, then a summary at most once a
+/// minute, and the recovery.
+#[derive(Debug)]
+pub(crate) struct FailureLog {
+    /// `metrics` or `traces`.
+    signal: &'static str,
+    /// Where the failures are counted, if they are.
+    counted_in: Option<&'static str>,
+    url: String,
+    /// When a failure was last logged, and the failures since.
+    warned: Mutex<(Option<Instant>, u64)>,
+}
+
+impl FailureLog {
+    pub(crate) fn new(signal: &'static str, counted_in: Option<&'static str>, url: String) -> Self {
+        FailureLog {
+            signal,
+            counted_in,
+            url,
+            warned: Mutex::new((None, 0)),
+        }
+    }
+
+    pub(crate) fn note(&self, result: &OTelSdkResult) {
+        let mut warned = lock(&self.warned);
+        match result {
+            Ok(()) => {
+                if warned.0.take().is_some() {
+                    tracing::info!(
+                        endpoint = %self.url,
+                        "OTLP telemetry: {} exports succeed again",
+                        self.signal
+                    );
+                    warned.1 = 0;
+                }
+            }
+            Err(error) => {
+                warned.1 += 1;
+                if warned.0.is_none_or(|at| at.elapsed() >= WARN_EVERY) {
+                    tracing::warn!(
+                        endpoint = %self.url,
+                        %error,
+                        failures = warned.1,
+                        counted_in = self.counted_in,
+                        "OTLP telemetry: {} export failed (the pipeline is not affected)",
+                        self.signal
+                    );
+                    *warned = (Some(Instant::now()), 0);
+                }
+            }
+        }
+    }
+}
+
+/// Counts each metrics export's outcome ([`ExportStats`]) and logs failures ([`FailureLog`]).
 pub(crate) struct Counted {
     pub(crate) inner: MetricExporter,
     pub(crate) stats: Arc<ExportStats>,
-    pub(crate) url: String,
-    /// When a failure was last logged, and the failures since.
-    warned: Mutex<(Option<Instant>, u64)>,
+    log: FailureLog,
 }
 
 impl Counted {
@@ -93,35 +232,16 @@ impl Counted {
         Counted {
             inner,
             stats,
-            url,
-            warned: Mutex::new((None, 0)),
+            log: FailureLog::new("metrics", Some("host_otlp_export_failures_total"), url),
         }
     }
 
     fn note(&self, result: &OTelSdkResult) {
-        let mut warned = lock(&self.warned);
         match result {
-            Ok(()) => {
-                self.stats.exported.fetch_add(1, Relaxed);
-                if warned.0.take().is_some() {
-                    tracing::info!(endpoint = %self.url, "OTLP telemetry: exports succeed again");
-                    warned.1 = 0;
-                }
-            }
-            Err(error) => {
-                self.stats.failed.fetch_add(1, Relaxed);
-                warned.1 += 1;
-                if warned.0.is_none_or(|at| at.elapsed() >= WARN_EVERY) {
-                    tracing::warn!(
-                        endpoint = %self.url,
-                        %error,
-                        failures = warned.1,
-                        "OTLP telemetry: export failed (the pipeline is not affected; counted in host_otlp_export_failures_total)"
-                    );
-                    *warned = (Some(Instant::now()), 0);
-                }
-            }
-        }
+            Ok(()) => self.stats.exported.fetch_add(1, Relaxed),
+            Err(_) => self.stats.failed.fetch_add(1, Relaxed),
+        };
+        self.log.note(result);
     }
 }
 
@@ -157,6 +277,7 @@ mod tests {
             timeout: Duration::from_secs(1),
             headers: Default::default(),
             resource: Default::default(),
+            traces: None,
         }
     }
 
@@ -176,5 +297,15 @@ mod tests {
             "http://c:4318/otlp/v1/metrics"
         );
         assert_eq!(url("http://c:4317", OtlpProtocol::Grpc), "http://c:4317");
+        let traces = |e, p| traces_url(&config(e, p));
+        assert_eq!(
+            traces("http://c:4318", OtlpProtocol::Http),
+            "http://c:4318/v1/traces"
+        );
+        assert_eq!(
+            traces("http://c:4318/otlp/v1/metrics", OtlpProtocol::Http),
+            "http://c:4318/otlp/v1/traces"
+        );
+        assert_eq!(traces("http://c:4317", OtlpProtocol::Grpc), "http://c:4317");
     }
 }

@@ -12,6 +12,9 @@
 mod exporter;
 mod families;
 mod http;
+mod traces;
+
+pub use traces::StageTracer;
 
 use std::{
     sync::{atomic::AtomicU64, Arc},
@@ -60,6 +63,8 @@ pub struct Telemetry {
     stats: Arc<ExportStats>,
     timeout: Duration,
     url: String,
+    /// `traces`: the stage calls' spans.
+    traces: Option<Arc<traces::Traces>>,
 }
 
 /// `service.name` (unless `resource` sets it), `service.version`, `service.instance.id`
@@ -89,6 +94,14 @@ impl Telemetry {
         bus: Option<BusHandle>,
     ) -> Result<Telemetry, TelemetryError> {
         let stats = Arc::new(ExportStats::default());
+        let traces = match &config.traces {
+            Some(t) => Some(Arc::new(traces::Traces::start(
+                config,
+                t,
+                resource(config),
+            )?)),
+            None => None,
+        };
         let url = exporter::export_url(config);
         let otlp = exporter::build(config, tokio::runtime::Handle::current())?;
         let reader =
@@ -120,7 +133,13 @@ impl Telemetry {
             stats,
             timeout: config.timeout,
             url,
+            traces,
         })
+    }
+
+    /// What makes the spans of `stage`'s calls, when traces are on.
+    pub fn stage_tracer(&self, stage: &str) -> Option<StageTracer> {
+        self.traces.as_ref().map(|t| t.stage(stage))
     }
 
     /// Export outcomes so far (for /metrics).
@@ -137,10 +156,15 @@ impl Telemetry {
         self.plugin_families.update();
         self.source.invalidate();
         let provider = self.provider;
+        let traces = self.traces;
         let (tx, rx) = tokio::sync::oneshot::channel();
         let spawned = std::thread::Builder::new()
             .name("otlp-shutdown".into())
             .spawn(move || {
+                // The workers have stopped: every call's span is queued.
+                if let Some(traces) = traces {
+                    traces.shutdown();
+                }
                 let _ = tx.send(provider.shutdown());
             });
         if let Err(error) = spawned {

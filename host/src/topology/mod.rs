@@ -382,6 +382,7 @@ impl Topology {
                 &monitoring.health,
             ));
             let worker = Worker {
+                tracer: telemetry.as_ref().and_then(|t| t.stage_tracer(&built.name)),
                 outputs: outputs_of(&built.name),
                 input: receivers.remove(&built.name).expect("one queue per stage"),
                 name: built.name.clone(),

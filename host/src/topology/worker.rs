@@ -18,7 +18,7 @@ use std::{
         },
         mpsc as std_mpsc, Arc,
     },
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime},
 };
 
 use abi_stable::{
@@ -34,6 +34,7 @@ use crate::{
     clock::unix_ns,
     coordinator::Coordinator,
     monitor::{type_tally, CallOutcome, StageStats},
+    telemetry::StageTracer,
 };
 
 /// Records handed back by a stage, due to be called with again. They stay pending in their
@@ -136,6 +137,8 @@ pub struct Worker {
     /// In-call marks and health answers, shared with the health check.
     pub probe: Arc<StageProbe>,
     pub coordinator: Coordinator,
+    /// `monitoring.otlp.traces`: a span per call (sampled).
+    pub tracer: Option<StageTracer>,
     pub stats: Arc<StageStats>,
     /// The field whose values are counted per stage (`monitoring.type_field`).
     pub type_field: Arc<str>,
@@ -173,6 +176,13 @@ struct Running {
 }
 
 impl Worker {
+    /// The call's span, when traces are on (`started`: read before the call).
+    fn trace(&self, started: Option<SystemTime>, outcome: &CallOutcome<'_>) {
+        if let (Some(tracer), Some(started)) = (&self.tracer, started) {
+            tracer.call(started, SystemTime::now(), outcome);
+        }
+    }
+
     /// Runs until the input has ended and everything the stage took for later is settled,
     /// or until the drain timeout ends.
     pub fn run(mut self) {
@@ -381,6 +391,7 @@ impl Worker {
             acks: run.acks.clone(),
         };
         let mut batch = Batch::with_ack(records, FfiAck_TO::from_ptr(RArc::new(ack), TD_Opaque));
+        let traced_from = self.tracer.as_ref().map(|_| SystemTime::now());
         let phase = self.coordinator.start_phase();
         let stage = &mut self.stage;
         let result = self.probe.call(|| stage.process(&mut batch));
@@ -394,27 +405,25 @@ impl Worker {
                 for f in failures.iter() {
                     lineage.failed(f.id(), f.error().kind());
                 }
-                self.coordinator.end_phase(
-                    phase,
-                    &CallOutcome::Success {
-                        records_in,
-                        records_out,
-                        failures: &failures,
-                    },
-                );
+                let outcome = CallOutcome::Success {
+                    records_in,
+                    records_out,
+                    failures: &failures,
+                };
+                self.coordinator.end_phase(phase, &outcome);
+                self.trace(traced_from, &outcome);
             }
             RErr(error) => {
                 // The whole batch failed; whatever the stage left in it is suspect.
                 for id in ids {
                     lineage.failed(*id, error.kind());
                 }
-                self.coordinator.end_phase(
-                    phase,
-                    &CallOutcome::Error {
-                        records_in,
-                        error: &error,
-                    },
-                );
+                let outcome = CallOutcome::Error {
+                    records_in,
+                    error: &error,
+                };
+                self.coordinator.end_phase(phase, &outcome);
+                self.trace(traced_from, &outcome);
                 if error.kind() == "panic" {
                     tracing::warn!(stage = %self.name, message = %error.message(), "stage panicked; its batch counts as failed");
                 } else {
