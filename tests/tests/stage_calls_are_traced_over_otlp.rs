@@ -178,3 +178,31 @@ fn no_call_is_traced_at_ratio_zero() {
         .is_empty()));
     assert!(receiver.received().spans().is_empty());
 }
+
+#[test]
+fn a_receiver_that_is_down_holds_the_exit_at_most_the_timeout() {
+    // A port nobody listens on.
+    let mut receiver = OtlpReceiver::start(OtlpProtocol::Grpc);
+    receiver.stop();
+    let text = pipeline(&receiver, 1.0)
+        .replace("interval: 1h", "interval: 1s")
+        .replace("timeout: 5s", "timeout: 1s");
+    let mut host = Host::start(&text);
+    send_json(&host.endpoint, &messages());
+    host.wait_settled(N);
+    let started = std::time::Instant::now();
+    let summary = host.stop();
+    let took = started.elapsed();
+    assert_eq!(totals(&summary).0, N);
+    // The final exports of metrics and spans run side by side, bounded by timeout + 1 s.
+    assert!(
+        took < Duration::from_secs(6),
+        "the exit took {took:?}:\n{}",
+        host.log()
+    );
+    assert!(
+        host.log().contains("OTLP telemetry: metrics export failed"),
+        "{}",
+        host.log()
+    );
+}

@@ -8,6 +8,9 @@
 //! thread's time, up to `timeout` per export. Each export's outcome is counted
 //! ([`ExportStats`], `host_otlp_export_failures_total`) and failures are logged at most once
 //! a minute. [`Telemetry::shutdown`] makes one last export, bounded by `timeout`.
+//!
+//! With `traces`, each stage call can also become a span ([`StageTracer`], made by the
+//! worker after the call, sampled by trace id), exported by the SDK's batch span processor.
 
 mod exporter;
 mod families;
@@ -147,45 +150,66 @@ impl Telemetry {
         self.stats.clone()
     }
 
-    /// Makes one last export of the final values, waiting at most `timeout` (and a little
-    /// more) for it; then stops the reader. Runs on a thread of its own: the SDK's shutdown
-    /// blocks, and a runtime waits for its blocking threads when it is dropped.
+    /// Makes one last export of the final values (and of the queued spans), waiting at most
+    /// `timeout` (and a little more) for it; then stops the reader. The SDK's shutdowns block:
+    /// each runs on a thread of its own, the two side by side so that neither waits for the
+    /// other, and they are waited for here with a bound (a runtime would wait for its blocking
+    /// threads when it is dropped, however long they take).
     pub async fn shutdown(self) {
         self.watcher.abort();
         // Families that appeared since the last look make the final export too.
         self.plugin_families.update();
         self.source.invalidate();
         let provider = self.provider;
-        let traces = self.traces;
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let spawned = std::thread::Builder::new()
-            .name("otlp-shutdown".into())
-            .spawn(move || {
-                // The workers have stopped: every call's span is queued.
-                if let Some(traces) = traces {
-                    traces.shutdown();
-                }
-                let _ = tx.send(provider.shutdown());
-            });
-        if let Err(error) = spawned {
-            tracing::warn!(%error, "OTLP telemetry: cannot start the final export");
-            return;
-        }
+        let metrics = on_a_thread("otlp-metrics-shutdown", move || provider.shutdown());
+        // The workers have stopped: every call's span is queued.
+        let spans = self.traces.map(|traces| {
+            on_a_thread("otlp-traces-shutdown", move || {
+                traces.shutdown();
+                Ok(())
+            })
+        });
         let bound = self.timeout + Duration::from_secs(1);
-        match tokio::time::timeout(bound, rx).await {
-            Ok(Ok(Ok(()))) => {
+        let done = tokio::time::timeout(bound, async move {
+            let metrics = metrics.await;
+            if let Some(spans) = spans {
+                let _ = spans.await;
+            }
+            metrics
+        })
+        .await;
+        match done {
+            Ok(Ok(())) => {
                 tracing::debug!(endpoint = %self.url, "OTLP telemetry: final export done")
             }
-            Ok(Ok(Err(error))) => {
+            Ok(Err(error)) => {
                 tracing::warn!(endpoint = %self.url, %error, "OTLP telemetry: the final export failed")
             }
-            Ok(Err(_)) | Err(_) => tracing::warn!(
+            Err(_) => tracing::warn!(
                 endpoint = %self.url,
                 timeout = ?bound,
                 "OTLP telemetry: the final export did not finish in time; giving up"
             ),
         }
     }
+}
+
+/// Runs `f` on a thread of its own; its result, or an error if the thread could not start or
+/// panicked.
+async fn on_a_thread(
+    name: &str,
+    f: impl FnOnce() -> opentelemetry_sdk::error::OTelSdkResult + Send + 'static,
+) -> opentelemetry_sdk::error::OTelSdkResult {
+    use opentelemetry_sdk::error::OTelSdkError;
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            let _ = tx.send(f());
+        })
+        .map_err(|e| OTelSdkError::InternalFailure(format!("cannot start a thread: {e}")))?;
+    rx.await
+        .map_err(|_| OTelSdkError::InternalFailure("the shutdown thread panicked".into()))?
 }
 
 /// The host's instruments on `provider`, under the scope `host`; returns the meter, for the
