@@ -767,6 +767,12 @@ impl PipelineConfig {
             ));
         }
         if let Some(traces) = &otlp.traces {
+            if self.monitoring.mode == MonitoringMode::Disabled {
+                out.push(self.diagnostic(
+                    &["monitoring", "otlp", "traces"],
+                    "monitoring.otlp.traces: `mode: disabled` does no work per call; traces need direct, event_driven or custom",
+                ));
+            }
             if !(0.0..=1.0).contains(&traces.sample_ratio) {
                 out.push(self.diagnostic(
                     &["monitoring", "otlp", "traces", "sample_ratio"],
