@@ -187,9 +187,22 @@ fn a_receiver_that_is_down_holds_the_exit_at_most_the_timeout() {
     let text = pipeline(&receiver, 1.0)
         .replace("interval: 1h", "interval: 1s")
         .replace("timeout: 5s", "timeout: 1s");
-    let mut host = Host::start(&text);
+    // The SDK's batch span processor exports every 100 ms instead of 5 s.
+    let mut host = Host::start_with(&text, |c| {
+        c.env("OTEL_BSP_SCHEDULE_DELAY", "100");
+    });
     send_json(&host.endpoint, &messages());
     host.wait_settled(N);
+    let counted = wait_until(Duration::from_secs(20), || {
+        host.metrics()
+            .value("host_otlp_span_export_failures_total", &[])
+            >= 1.0
+    });
+    assert!(
+        counted,
+        "failed span exports are not counted:\n{}",
+        host.log()
+    );
     let started = std::time::Instant::now();
     let summary = host.stop();
     let took = started.elapsed();

@@ -329,6 +329,28 @@ pub async fn render(state: &AdminState, connections: Option<ConnectionCounts>) -
             "Exports of the host's metrics over OTLP that failed (receiver down, refused, timed out).",
         );
         e.sample("host_otlp_export_failures_total", &[], failed as f64);
+        if t.traces {
+            let (exported, failed) = (
+                t.span_batches_exported.load(Relaxed),
+                t.span_batches_failed.load(Relaxed),
+            );
+            e.family(
+                "host_otlp_span_exports_total",
+                "counter",
+                "Exports of span batches over OTLP (monitoring.otlp.traces), whatever their outcome.",
+            );
+            e.sample(
+                "host_otlp_span_exports_total",
+                &[],
+                (exported + failed) as f64,
+            );
+            e.family(
+                "host_otlp_span_export_failures_total",
+                "counter",
+                "Exports of span batches over OTLP that failed (their spans are lost).",
+            );
+            e.sample("host_otlp_span_export_failures_total", &[], failed as f64);
+        }
     }
 
     let view = state.health.view().await;

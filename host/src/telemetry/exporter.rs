@@ -92,25 +92,32 @@ pub(crate) fn build_spans(
     built.map_err(|source| TelemetryError::Build { source })
 }
 
-/// Logs failed span exports ([`FailureLog`]).
+/// Counts span batch exports by outcome ([`ExportStats`]) and logs failures
+/// ([`FailureLog`]).
 #[derive(Debug)]
-pub(crate) struct LoggedSpans {
+pub(crate) struct CountedSpans {
     inner: SpanExporter,
+    stats: Arc<ExportStats>,
     log: FailureLog,
 }
 
-impl LoggedSpans {
-    pub(crate) fn new(inner: SpanExporter, url: String) -> Self {
-        LoggedSpans {
+impl CountedSpans {
+    pub(crate) fn new(inner: SpanExporter, stats: Arc<ExportStats>, url: String) -> Self {
+        CountedSpans {
             inner,
-            log: FailureLog::new("traces", None, url),
+            stats,
+            log: FailureLog::new("traces", Some("host_otlp_span_export_failures_total"), url),
         }
     }
 }
 
-impl opentelemetry_sdk::trace::SpanExporter for LoggedSpans {
+impl opentelemetry_sdk::trace::SpanExporter for CountedSpans {
     async fn export(&self, batch: Vec<opentelemetry_sdk::trace::SpanData>) -> OTelSdkResult {
         let result = self.inner.export(batch).await;
+        match result {
+            Ok(()) => self.stats.span_batches_exported.fetch_add(1, Relaxed),
+            Err(_) => self.stats.span_batches_failed.fetch_add(1, Relaxed),
+        };
         self.log.note(&result);
         result
     }

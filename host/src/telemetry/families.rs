@@ -43,6 +43,8 @@ pub(crate) struct Reading {
     bus: Option<BusStats>,
     process: Option<ProcessMetrics>,
     exports: (u64, u64),
+    /// Span batches (exported, failed), when traces are on.
+    span_exports: Option<(u64, u64)>,
     /// Plugin counters and gauges by family name (`host_plugin_...`): (attributes, value).
     plugins: HashMap<String, Vec<(Vec<KeyValue>, f64)>>,
 }
@@ -122,6 +124,12 @@ impl Source {
                 self.exports.exported.load(Relaxed),
                 self.exports.failed.load(Relaxed),
             ),
+            span_exports: self.exports.traces.then(|| {
+                (
+                    self.exports.span_batches_exported.load(Relaxed),
+                    self.exports.span_batches_failed.load(Relaxed),
+                )
+            }),
         });
         *cache = Some((Instant::now(), reading.clone()));
         reading
@@ -435,6 +443,26 @@ fn pipeline(r: &Registrar<'_>) {
         "{export}",
         "Exports of the host's metrics over OTLP that failed (receiver down, refused, timed out).",
         |x, o| o.observe(x.exports.1, &[]),
+    );
+    r.counter(
+        "host_otlp_span_exports_total",
+        "{export}",
+        "Exports of span batches over OTLP (monitoring.otlp.traces), whatever their outcome.",
+        |x, o| {
+            if let Some((exported, failed)) = x.span_exports {
+                o.observe(exported + failed, &[]);
+            }
+        },
+    );
+    r.counter(
+        "host_otlp_span_export_failures_total",
+        "{export}",
+        "Exports of span batches over OTLP that failed (their spans are lost).",
+        |x, o| {
+            if let Some((_, failed)) = x.span_exports {
+                o.observe(failed, &[]);
+            }
+        },
     );
     // The event bus's families, present when a bus runs (as on /metrics).
     type BusCount = fn(&BusStats) -> u64;

@@ -37,11 +37,15 @@ use crate::{
 };
 use families::{PluginFamilies, Source};
 
-/// Exports of the host's metrics, by outcome.
+/// Exports of the host's metrics, and of span batches when traces are on, by outcome.
 #[derive(Debug, Default)]
 pub struct ExportStats {
     pub exported: AtomicU64,
     pub failed: AtomicU64,
+    /// Whether spans are exported at all (`monitoring.otlp.traces`).
+    pub traces: bool,
+    pub span_batches_exported: AtomicU64,
+    pub span_batches_failed: AtomicU64,
 }
 
 /// Why OTLP telemetry could not start.
@@ -96,12 +100,16 @@ impl Telemetry {
         monitor: Arc<Monitor>,
         bus: Option<BusHandle>,
     ) -> Result<Telemetry, TelemetryError> {
-        let stats = Arc::new(ExportStats::default());
+        let stats = Arc::new(ExportStats {
+            traces: config.traces.is_some(),
+            ..ExportStats::default()
+        });
         let traces = match &config.traces {
             Some(t) => Some(Arc::new(traces::Traces::start(
                 config,
                 t,
                 resource(config),
+                stats.clone(),
             )?)),
             None => None,
         };

@@ -17,7 +17,7 @@ use opentelemetry_sdk::{
     Resource,
 };
 
-use super::{exporter, TelemetryError};
+use super::{exporter, ExportStats, TelemetryError};
 use crate::{
     config::{OtlpTelemetryConfig, OtlpTracesConfig},
     coordinator::OPERATION,
@@ -36,12 +36,13 @@ impl Traces {
         config: &OtlpTelemetryConfig,
         traces: &OtlpTracesConfig,
         resource: Resource,
+        stats: Arc<ExportStats>,
     ) -> Result<Traces, TelemetryError> {
         let url = exporter::traces_url(config);
         let spans = exporter::build_spans(config, tokio::runtime::Handle::current())?;
         let provider = SdkTracerProvider::builder()
             .with_span_processor(
-                BatchSpanProcessor::builder(exporter::LoggedSpans::new(spans, url)).build(),
+                BatchSpanProcessor::builder(exporter::CountedSpans::new(spans, stats, url)).build(),
             )
             .with_sampler(Sampler::TraceIdRatioBased(traces.sample_ratio))
             .with_resource(resource)
