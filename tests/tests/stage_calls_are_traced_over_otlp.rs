@@ -1,7 +1,8 @@
 //! `monitoring.otlp.traces`: every stage call (all of them at `sample_ratio: 1`) becomes a span
 //! at a real OTLP receiver, over gRPC and over HTTP, with the stage, the records in and out,
 //! the outcome and the error type; the spans' record counts add up to what the monitor counted,
-//! and at `sample_ratio: 0` there are none.
+//! a call links to the trace of each message that carried a `traceparent`, and at
+//! `sample_ratio: 0` there are none.
 
 use std::time::Duration;
 

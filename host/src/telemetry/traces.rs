@@ -2,20 +2,25 @@
 //! the SDK's batch span processor (a thread of its own, a bounded queue: a full queue drops
 //! spans, a stage never waits).
 //!
-//! A span is made when the call has ended, with the call's start and end times: the worker
-//! reads the clock once more per call, and for a call not sampled it makes a non-recording
-//! span and nothing else (no attribute is built).
+//! A span is started before the call and ended after it; for a call not sampled it is a
+//! non-recording span and nothing else happens (no attribute is built, no record looked at).
+//! A sampled call's span links to the trace of each of its records that carries a W3C
+//! `traceparent` field.
 
-use std::{borrow::Cow, sync::Arc, time::SystemTime};
+use std::{borrow::Cow, sync::Arc};
 
 use opentelemetry::{
-    trace::{Span as _, SpanKind, Status, Tracer as _, TracerProvider as _},
+    trace::{
+        Span as _, SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState,
+        Tracer as _, TracerProvider as _,
+    },
     InstrumentationScope, KeyValue,
 };
 use opentelemetry_sdk::{
     trace::{BatchSpanProcessor, Sampler, SdkTracer, SdkTracerProvider},
     Resource,
 };
+use plugin_api::{Record, ValueKind};
 
 use super::{exporter, ExportStats, TelemetryError};
 use crate::{
@@ -80,20 +85,75 @@ pub struct StageTracer {
 }
 
 impl StageTracer {
-    /// The span of one call that ran from `started` to `ended`: attributes `stage`,
-    /// `operation`, `records.in`, `records.out`, `records.failed`, `outcome` (`ok`,
-    /// `partial`: some records failed, `error`: the call failed as a whole) and `error.type`
-    /// (the call's error, or the first failed record's); status error for a failed call.
-    pub fn call(&self, started: SystemTime, ended: SystemTime, outcome: &CallOutcome<'_>) {
-        let mut span = self
+    /// Starts the span of one call, now; `None` when the call is not sampled (no attribute
+    /// is built then, and no record looked at).
+    pub fn start(&self) -> Option<CallSpan> {
+        let span = self
             .tracer
             .span_builder(self.span_name.clone())
             .with_kind(SpanKind::Internal)
-            .with_start_time(started)
             .start(&self.tracer);
-        if !span.is_recording() {
-            return;
+        span.is_recording().then(|| CallSpan {
+            span,
+            stage: self.stage.clone(),
+        })
+    }
+}
+
+/// The span of one sampled call, between [`StageTracer::start`] and [`CallSpan::end`].
+pub struct CallSpan {
+    span: opentelemetry_sdk::trace::Span,
+    stage: Arc<str>,
+}
+
+/// The record field that carries a message's W3C trace context.
+pub const TRACEPARENT: &str = "traceparent";
+
+/// A W3C `traceparent` (`00-<trace id>-<span id>-<flags>`) as a remote span context.
+fn parse_traceparent(text: &str) -> Option<SpanContext> {
+    let mut parts = text.trim().split('-');
+    let (version, trace, span, flags) =
+        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    if version.len() != 2
+        || version == "ff"
+        || trace.len() != 32
+        || span.len() != 16
+        || flags.len() != 2
+    {
+        return None;
+    }
+    // Version 00 has exactly four parts; later versions may append more.
+    if version == "00" && parts.next().is_some() {
+        return None;
+    }
+    let context = SpanContext::new(
+        TraceId::from_hex(trace).ok()?,
+        SpanId::from_hex(span).ok()?,
+        TraceFlags::new(u8::from_str_radix(flags, 16).ok()?),
+        true,
+        TraceState::default(),
+    );
+    context.is_valid().then_some(context)
+}
+
+impl CallSpan {
+    /// Links the call to the trace of each record that carries a `traceparent` (up to the
+    /// SDK's 128 links a span; the rest are counted as dropped in the span).
+    pub fn link_messages(&mut self, records: &[Record]) {
+        for record in records {
+            if let Some(ValueKind::Str(text)) = record.get(TRACEPARENT).map(|v| v.kind()) {
+                if let Some(context) = parse_traceparent(text) {
+                    self.span.add_link(context, Vec::new());
+                }
+            }
         }
+    }
+
+    /// Ends the span with the call's outcome: attributes `stage`, `operation`, `records.in`,
+    /// `records.out`, `records.failed`, `outcome` (`ok`, `partial`: some records failed,
+    /// `error`: the call failed as a whole) and `error.type` (the call's error, or the first
+    /// failed record's); status error for a failed call.
+    pub fn end(mut self, outcome: &CallOutcome<'_>) {
         let mut attributes = vec![
             KeyValue::new("stage", self.stage.to_string()),
             KeyValue::new("operation", OPERATION),
@@ -125,10 +185,42 @@ impl StageTracer {
                     KeyValue::new("outcome", "error"),
                     KeyValue::new("error.type", error.kind().to_owned()),
                 ]);
-                span.set_status(Status::error(error.message().to_owned()));
+                self.span
+                    .set_status(Status::error(error.message().to_owned()));
             }
         }
-        span.set_attributes(attributes);
-        span.end_with_timestamp(ended);
+        self.span.set_attributes(attributes);
+        self.span.end();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn traceparent_is_parsed_as_w3c_says() {
+        let c = parse_traceparent("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+            .expect("valid");
+        assert_eq!(c.trace_id().to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(c.span_id().to_string(), "00f067aa0ba902b7");
+        assert!(c.is_sampled() && c.is_remote());
+        for bad in [
+            "",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+            "00-xyz92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        ] {
+            assert!(parse_traceparent(bad).is_none(), "{bad:?}");
+        }
+        // A later version may carry more parts.
+        assert!(
+            parse_traceparent("01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-x")
+                .is_some()
+        );
     }
 }

@@ -18,7 +18,7 @@ use std::{
         },
         mpsc as std_mpsc, Arc,
     },
-    time::{Duration, Instant, SystemTime},
+    time::{Duration, Instant},
 };
 
 use abi_stable::{
@@ -176,13 +176,6 @@ struct Running {
 }
 
 impl Worker {
-    /// The call's span, when traces are on (`started`: read before the call).
-    fn trace(&self, started: Option<SystemTime>, outcome: &CallOutcome<'_>) {
-        if let (Some(tracer), Some(started)) = (&self.tracer, started) {
-            tracer.call(started, SystemTime::now(), outcome);
-        }
-    }
-
     /// Runs until the input has ended and everything the stage took for later is settled,
     /// or until the drain timeout ends.
     pub fn run(mut self) {
@@ -390,8 +383,12 @@ impl Worker {
             lineage: lineage.clone(),
             acks: run.acks.clone(),
         };
+        // Sampled calls only: the span, linked to the traces its records carry.
+        let mut span = self.tracer.as_ref().and_then(StageTracer::start);
+        if let Some(span) = &mut span {
+            span.link_messages(&records);
+        }
         let mut batch = Batch::with_ack(records, FfiAck_TO::from_ptr(RArc::new(ack), TD_Opaque));
-        let traced_from = self.tracer.as_ref().map(|_| SystemTime::now());
         let phase = self.coordinator.start_phase();
         let stage = &mut self.stage;
         let result = self.probe.call(|| stage.process(&mut batch));
@@ -411,7 +408,9 @@ impl Worker {
                     failures: &failures,
                 };
                 self.coordinator.end_phase(phase, &outcome);
-                self.trace(traced_from, &outcome);
+                if let Some(span) = span {
+                    span.end(&outcome);
+                }
             }
             RErr(error) => {
                 // The whole batch failed; whatever the stage left in it is suspect.
@@ -423,7 +422,9 @@ impl Worker {
                     error: &error,
                 };
                 self.coordinator.end_phase(phase, &outcome);
-                self.trace(traced_from, &outcome);
+                if let Some(span) = span {
+                    span.end(&outcome);
+                }
                 if error.kind() == "panic" {
                     tracing::warn!(stage = %self.name, message = %error.message(), "stage panicked; its batch counts as failed");
                 } else {
