@@ -414,12 +414,18 @@ fn a_receiver_that_is_down_costs_only_counted_failed_exports() {
         prom.value("host_otlp_exports_total", &[]),
         prom.value("host_otlp_export_failures_total", &[])
     );
-    // Logged once, not once per export.
+    // Logged once a minute at most, not once per export (once, unless this machine is so
+    // slow that a minute passed since the first failure).
+    let failures = prom.value("host_otlp_export_failures_total", &[]);
     let warnings = host
         .log()
         .matches("OTLP telemetry: metrics export failed")
         .count();
-    assert_eq!(warnings, 1, "{}", host.log());
+    assert!(
+        warnings >= 1 && (warnings as f64) < failures,
+        "{warnings} warnings for {failures} failures:\n{}",
+        host.log()
+    );
 
     // Back on the same port: exports resume, and say so.
     receiver.restart();
