@@ -21,6 +21,7 @@ pub mod observer;
 pub mod plugins;
 pub mod publish;
 pub mod source;
+pub mod telemetry;
 pub mod topology;
 
 /// Locks a mutex, recovering it if a thread panicked while holding it: what these mutexes

@@ -28,6 +28,22 @@ pub use otlp_receiver::{
     OtlpProtocol, OtlpReceiver, Received, PARTIAL_MESSAGE, RECEIVER_TIMEOUT,
 };
 pub use prometheus::{promtool_bin, promtool_check_metrics, Metrics, Sample};
+/// The official OTLP protobuf types the receiver decodes into, for tests that read what
+/// arrived beyond what [`Received`] sums up (a request's resource, a number point's value).
+pub mod otlp {
+    pub use opentelemetry_proto::tonic::{
+        collector::{
+            metrics::v1::ExportMetricsServiceRequest, trace::v1::ExportTraceServiceRequest,
+        },
+        common::v1::{any_value, AnyValue, KeyValue},
+        metrics::v1::{
+            metric, number_data_point, AggregationTemporality, HistogramDataPoint, Metric,
+            NumberDataPoint,
+        },
+        trace::v1::{status, Span},
+    };
+}
+
 pub use redis_server::{
     read_stream, redis_info_field, redis_keys, redis_server_bin, redis_url, stream_key,
     RedisServer, StreamEntry, DEFAULT_STREAM_PREFIX, REDIS_START_TIMEOUT,

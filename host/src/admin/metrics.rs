@@ -1,6 +1,8 @@
 //! The monitor, health and event bus, rendered as Prometheus metrics. Every name carries its
 //! unit and `_total` where it counts, and every family has HELP.
 
+use std::sync::atomic::Ordering::Relaxed;
+
 use hdrhistogram::Histogram;
 use plugin_api::{HealthStatus, MetricKind};
 
@@ -13,8 +15,8 @@ use crate::monitor::{
 /// Reads one count out of a stage's counts.
 type CountOf = fn(&crate::monitor::Counts) -> u64;
 
-/// Bucket bounds for latencies, in seconds.
-const LATENCY_BUCKETS: [f64; 14] = [
+/// Bucket bounds for latencies, in seconds (OTLP telemetry uses the same).
+pub const LATENCY_BUCKETS: [f64; 14] = [
     1e-5, 5e-5, 1e-4, 5e-4, 1e-3, 5e-3, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 60.0,
 ];
 
@@ -312,6 +314,43 @@ pub async fn render(state: &AdminState, connections: Option<ConnectionCounts>) -
     }
     if let Some(c) = connections {
         admin_connections(&mut e, &c);
+    }
+    if let Some(t) = &state.telemetry {
+        let (exported, failed) = (t.exported.load(Relaxed), t.failed.load(Relaxed));
+        e.family(
+            "host_otlp_exports_total",
+            "counter",
+            "Exports of the host's metrics over OTLP, whatever their outcome.",
+        );
+        e.sample("host_otlp_exports_total", &[], (exported + failed) as f64);
+        e.family(
+            "host_otlp_export_failures_total",
+            "counter",
+            "Exports of the host's metrics over OTLP that failed (receiver down, refused, timed out).",
+        );
+        e.sample("host_otlp_export_failures_total", &[], failed as f64);
+        if t.traces {
+            let (exported, failed) = (
+                t.span_batches_exported.load(Relaxed),
+                t.span_batches_failed.load(Relaxed),
+            );
+            e.family(
+                "host_otlp_span_exports_total",
+                "counter",
+                "Exports of span batches over OTLP (monitoring.otlp.traces), whatever their outcome.",
+            );
+            e.sample(
+                "host_otlp_span_exports_total",
+                &[],
+                (exported + failed) as f64,
+            );
+            e.family(
+                "host_otlp_span_export_failures_total",
+                "counter",
+                "Exports of span batches over OTLP that failed (their spans are lost).",
+            );
+            e.sample("host_otlp_span_export_failures_total", &[], failed as f64);
+        }
     }
 
     let view = state.health.view().await;

@@ -18,7 +18,11 @@ use axum::{
 use serde::Serialize;
 use tokio::{net::TcpListener, sync::watch};
 
-use crate::{config::AdminConfig, events::BusHandle, health::Health, monitor::Monitor};
+use crate::{
+    config::AdminConfig, events::BusHandle, health::Health, monitor::Monitor,
+    telemetry::ExportStats,
+};
+pub use metrics::LATENCY_BUCKETS;
 use server::ConnectionStats;
 
 /// The running graph, as /api/pipeline shows it.
@@ -53,6 +57,8 @@ pub struct AdminState {
     pub health: Arc<Health>,
     pub graph: Arc<PipelineGraph>,
     pub bus: Option<BusHandle>,
+    /// Export outcomes of `monitoring.otlp`, when it is set.
+    pub telemetry: Option<Arc<ExportStats>>,
 }
 
 /// The API, without a server: tests can call it directly.

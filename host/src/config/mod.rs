@@ -7,7 +7,7 @@ mod env;
 mod spans;
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::{BTreeMap, HashMap, HashSet},
     fmt,
     io::Read,
     path::{Path, PathBuf},
@@ -311,6 +311,9 @@ pub struct MonitoringConfig {
     /// The observer plugin of `mode: custom`.
     #[serde(default)]
     pub custom: Option<CustomMonitoringConfig>,
+    /// The host's own metrics, pushed to an OTLP receiver every `interval`.
+    #[serde(default)]
+    pub otlp: Option<OtlpTelemetryConfig>,
 }
 
 impl Default for MonitoringConfig {
@@ -324,6 +327,7 @@ impl Default for MonitoringConfig {
             events: EventsConfig::default(),
             health: HealthConfig::default(),
             custom: None,
+            otlp: None,
         }
     }
 }
@@ -333,6 +337,81 @@ fn default_window() -> Duration {
 }
 fn default_type_field() -> String {
     "type".into()
+}
+
+/// How OTLP is carried: gRPC, or HTTP with protobuf bodies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OtlpProtocol {
+    #[default]
+    Grpc,
+    Http,
+}
+
+/// `monitoring.otlp`: the monitor's and the process's metrics (the families `/metrics`
+/// serves), exported through the OpenTelemetry SDK to an OTLP receiver every `interval`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct OtlpTelemetryConfig {
+    /// `http://host:port`: for `http`, `/v1/metrics` is appended when it names no path.
+    pub endpoint: String,
+    #[serde(default)]
+    pub protocol: OtlpProtocol,
+    /// How often the metrics are collected and exported.
+    #[serde(default = "default_otlp_interval", with = "humantime_serde")]
+    pub interval: Duration,
+    /// How long one export may take, retries included; also bounds the final export at
+    /// shutdown.
+    #[serde(default = "default_otlp_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Sent with every export (gRPC metadata or HTTP headers), e.g. an API key from `${ENV}`.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// Resource attributes, beside the defaults `service.name: host`, `service.version` and
+    /// `service.instance.id` (which these override).
+    #[serde(default)]
+    pub resource: BTreeMap<String, String>,
+    /// A span per stage call, sampled, sent to the same receiver; absent: no traces.
+    #[serde(default)]
+    pub traces: Option<OtlpTracesConfig>,
+}
+
+/// `monitoring.otlp.traces`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct OtlpTracesConfig {
+    /// The share of stage calls that get a span, 0 to 1 (decided by trace id, as OTel's
+    /// `TraceIdRatioBased` sampler does).
+    #[serde(default = "default_sample_ratio")]
+    pub sample_ratio: f64,
+}
+
+fn default_sample_ratio() -> f64 {
+    0.01
+}
+
+/// `http://host:port[/path]`; TLS is not built in.
+fn check_otlp_endpoint(endpoint: &str) -> Result<(), String> {
+    let Some(rest) = endpoint.strip_prefix("http://") else {
+        return Err(if endpoint.starts_with("https://") {
+            format!("{endpoint:?}: https is not supported (this host has no TLS for OTLP); use http:// or a local collector")
+        } else {
+            format!("{endpoint:?} is not an http:// URL")
+        });
+    };
+    let authority = rest.split('/').next().unwrap_or_default();
+    let port = authority.rsplit_once(':').map(|(_, p)| p);
+    match port {
+        Some(p) if p.parse::<u16>().is_ok_and(|p| p > 0) && authority.len() > p.len() + 1 => Ok(()),
+        _ => Err(format!("{endpoint:?} names no host:port")),
+    }
+}
+
+fn default_otlp_interval() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_otlp_timeout() -> Duration {
+    Duration::from_secs(10)
 }
 
 /// The admin HTTP server.
@@ -598,6 +677,9 @@ impl PipelineConfig {
             )),
             _ => {}
         }
+        if let Some(otlp) = &self.monitoring.otlp {
+            out.extend(self.check_otlp(otlp));
+        }
         for (name, source) in &self.sources {
             if source.batch_size > self.runtime.max_in_flight {
                 out.push(self.diagnostic(
@@ -659,6 +741,67 @@ impl PipelineConfig {
                 &["stages", first, "inputs"],
                 format!("stages form a cycle: {} -> {first}", cycle.join(" -> ")),
             ));
+        }
+        out
+    }
+
+    /// `monitoring.otlp`: an endpoint the exporter can use, times it can keep.
+    fn check_otlp(&self, otlp: &OtlpTelemetryConfig) -> Vec<Diagnostic> {
+        let mut out = Vec::new();
+        let at = |key: &'static str| ["monitoring", "otlp", key];
+        if let Err(why) = check_otlp_endpoint(&otlp.endpoint) {
+            out.push(self.diagnostic(&at("endpoint"), format!("monitoring.otlp.endpoint: {why}")));
+        }
+        for (key, value) in [("interval", otlp.interval), ("timeout", otlp.timeout)] {
+            if value.is_zero() {
+                out.push(self.diagnostic(&at(key), format!("`{key}` must be longer than 0s")));
+            }
+        }
+        if !otlp.interval.is_zero() && otlp.timeout > otlp.interval {
+            out.push(self.diagnostic(
+                &at("timeout"),
+                format!(
+                    "`timeout` ({:?}) is longer than `interval` ({:?}): an export must end before the next one starts",
+                    otlp.timeout, otlp.interval
+                ),
+            ));
+        }
+        if let Some(traces) = &otlp.traces {
+            if self.monitoring.mode == MonitoringMode::Disabled {
+                out.push(self.diagnostic(
+                    &["monitoring", "otlp", "traces"],
+                    "monitoring.otlp.traces: `mode: disabled` does no work per call; traces need direct, event_driven or custom",
+                ));
+            }
+            if !(0.0..=1.0).contains(&traces.sample_ratio) {
+                out.push(self.diagnostic(
+                    &["monitoring", "otlp", "traces", "sample_ratio"],
+                    format!(
+                        "`sample_ratio` ({}) must be between 0 and 1",
+                        traces.sample_ratio
+                    ),
+                ));
+            }
+        }
+        for (name, value) in &otlp.headers {
+            let name_ok = !name.is_empty()
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.".contains(&b));
+            if !name_ok {
+                out.push(self.diagnostic(
+                    &["monitoring", "otlp", "headers", name.as_str()],
+                    format!("monitoring.otlp.headers: {name:?} is not a header name (lower-case a-z, 0-9, - _ .)"),
+                ));
+            }
+            if value.bytes().any(|b| b.is_ascii_control()) {
+                out.push(self.diagnostic(
+                    &["monitoring", "otlp", "headers", name.as_str()],
+                    format!(
+                        "monitoring.otlp.headers: the value of {name:?} holds control characters"
+                    ),
+                ));
+            }
         }
         out
     }
@@ -818,5 +961,61 @@ mod tests {
         );
         assert!(m[0].starts_with("p.yaml:2:"), "{m:?}");
         assert!(m[0].contains("ENDPOINT"), "{m:?}");
+    }
+
+    #[test]
+    fn otlp_telemetry_parses_with_defaults_and_bad_values_are_located() {
+        let cfg = parse(&format!(
+            "{GOOD}monitoring:\n  otlp: {{ endpoint: \"http://127.0.0.1:4317\" }}\n"
+        ))
+        .unwrap();
+        let otlp = cfg.monitoring.otlp.unwrap();
+        assert_eq!(otlp.protocol, OtlpProtocol::Grpc);
+        assert_eq!(otlp.interval, Duration::from_secs(60));
+        assert_eq!(otlp.timeout, Duration::from_secs(10));
+
+        let cfg = parse(&format!(
+            "{GOOD}monitoring:\n  otlp:\n    endpoint: \"http://collector:4318\"\n    protocol: http\n    interval: 2s\n    timeout: 1s\n    headers: {{ x-api-key: secret }}\n    resource: {{ deployment.environment: test }}\n"
+        ))
+        .unwrap();
+        let otlp = cfg.monitoring.otlp.unwrap();
+        assert_eq!(otlp.protocol, OtlpProtocol::Http);
+        assert_eq!(otlp.interval, Duration::from_secs(2));
+        assert_eq!(otlp.headers["x-api-key"], "secret");
+        assert_eq!(otlp.resource["deployment.environment"], "test");
+
+        let m = messages(&format!(
+            "{GOOD}monitoring:\n  otlp: {{ endpoint: \"http://x:1\", intervall: 1s }}\n"
+        ));
+        assert!(m[0].starts_with("p.yaml:7:"), "{m:?}");
+        assert!(m[0].contains("unknown field `intervall`"), "{m:?}");
+
+        let m = messages(&format!(
+            "{GOOD}monitoring:\n  otlp:\n    endpoint: \"https://x:1\"\n    interval: 1s\n    timeout: 5s\n    headers: {{ \"Bad Name\": v }}\n"
+        ));
+        assert!(
+            m.iter()
+                .any(|l| l.starts_with("p.yaml:8:") && l.contains("https is not supported")),
+            "{m:?}"
+        );
+        assert!(
+            m.iter()
+                .any(|l| l.starts_with("p.yaml:10:") && l.contains("longer than `interval`")),
+            "{m:?}"
+        );
+        assert!(
+            m.iter()
+                .any(|l| l.starts_with("p.yaml:11:") && l.contains("not a header name")),
+            "{m:?}"
+        );
+        for bad in [
+            "127.0.0.1:4317",
+            "http://host",
+            "http://:4317",
+            "http://h:0",
+        ] {
+            assert!(check_otlp_endpoint(bad).is_err(), "{bad}");
+        }
+        assert!(check_otlp_endpoint("http://localhost:4318/otlp/v1/metrics").is_ok());
     }
 }

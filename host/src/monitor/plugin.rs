@@ -128,6 +128,11 @@ impl PluginMetrics {
             .collect()
     }
 
+    /// How many series exist: grows when a plugin records a new name or label set.
+    pub fn series_count(&self) -> usize {
+        lock(&self.inner).series.len()
+    }
+
     pub fn snapshot(&self) -> Vec<SeriesSnapshot> {
         self.series()
             .into_iter()

@@ -29,6 +29,7 @@ use crate::{
     observer,
     plugins::{callbacks, registry::Registry},
     source::zmq::{SourceError, ZmqSource},
+    telemetry::{Telemetry, TelemetryError},
 };
 use probe::StageProbe;
 use worker::Worker;
@@ -243,6 +244,8 @@ pub enum StartError {
         #[source]
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Telemetry(#[from] TelemetryError),
 }
 
 /// A running pipeline.
@@ -265,6 +268,8 @@ pub struct RunningPipeline {
     finish: watch::Sender<bool>,
     drain_timeout: Duration,
     observer: Option<std::thread::JoinHandle<()>>,
+    /// `monitoring.otlp`: stopped last, after a final export of the final values.
+    telemetry: Option<Telemetry>,
     counts: (usize, usize),
 }
 
@@ -316,6 +321,12 @@ impl Topology {
                 tracing::info!(address = %admin_addr.map_or(address.clone(), |a| a.to_string()), "admin API listening");
                 Some(listener)
             }
+        };
+
+        // Reads the monitor from its own thread, every `interval`; builds no connection yet.
+        let telemetry = match &monitoring.otlp {
+            Some(otlp) => Some(Telemetry::start(otlp, monitor.clone(), bus.clone())?),
+            None => None,
         };
 
         let capacity = cfg.runtime.queue_capacity;
@@ -371,6 +382,7 @@ impl Topology {
                 &monitoring.health,
             ));
             let worker = Worker {
+                tracer: telemetry.as_ref().and_then(|t| t.stage_tracer(&built.name)),
                 outputs: outputs_of(&built.name),
                 input: receivers.remove(&built.name).expect("one queue per stage"),
                 name: built.name.clone(),
@@ -455,6 +467,7 @@ impl Topology {
                 health: health.clone(),
                 graph,
                 bus: bus.clone(),
+                telemetry: telemetry.as_ref().map(Telemetry::stats),
             };
             late_tasks.push(tokio::spawn(admin::serve(
                 listener,
@@ -489,6 +502,7 @@ impl Topology {
             late_tasks,
             workers,
             observer: observer_thread,
+            telemetry,
             counts,
         })
     }
@@ -635,6 +649,9 @@ impl RunningPipeline {
             if !bus.shutdown(Duration::from_secs(2)).await {
                 tracing::warn!("event bus: some queued events were not written before shutdown");
             }
+        }
+        if let Some(telemetry) = self.telemetry {
+            telemetry.shutdown().await;
         }
         self.monitor.snapshot()
     }

@@ -34,6 +34,7 @@ use crate::{
     clock::unix_ns,
     coordinator::Coordinator,
     monitor::{type_tally, CallOutcome, StageStats},
+    telemetry::StageTracer,
 };
 
 /// Records handed back by a stage, due to be called with again. They stay pending in their
@@ -136,6 +137,8 @@ pub struct Worker {
     /// In-call marks and health answers, shared with the health check.
     pub probe: Arc<StageProbe>,
     pub coordinator: Coordinator,
+    /// `monitoring.otlp.traces`: a span per call (sampled).
+    pub tracer: Option<StageTracer>,
     pub stats: Arc<StageStats>,
     /// The field whose values are counted per stage (`monitoring.type_field`).
     pub type_field: Arc<str>,
@@ -380,6 +383,11 @@ impl Worker {
             lineage: lineage.clone(),
             acks: run.acks.clone(),
         };
+        // Sampled calls only: the span, linked to the traces its records carry.
+        let mut span = self.tracer.as_ref().and_then(StageTracer::start);
+        if let Some(span) = &mut span {
+            span.link_messages(&records);
+        }
         let mut batch = Batch::with_ack(records, FfiAck_TO::from_ptr(RArc::new(ack), TD_Opaque));
         let phase = self.coordinator.start_phase();
         let stage = &mut self.stage;
@@ -394,27 +402,29 @@ impl Worker {
                 for f in failures.iter() {
                     lineage.failed(f.id(), f.error().kind());
                 }
-                self.coordinator.end_phase(
-                    phase,
-                    &CallOutcome::Success {
-                        records_in,
-                        records_out,
-                        failures: &failures,
-                    },
-                );
+                let outcome = CallOutcome::Success {
+                    records_in,
+                    records_out,
+                    failures: &failures,
+                };
+                self.coordinator.end_phase(phase, &outcome);
+                if let Some(span) = span {
+                    span.end(&outcome);
+                }
             }
             RErr(error) => {
                 // The whole batch failed; whatever the stage left in it is suspect.
                 for id in ids {
                     lineage.failed(*id, error.kind());
                 }
-                self.coordinator.end_phase(
-                    phase,
-                    &CallOutcome::Error {
-                        records_in,
-                        error: &error,
-                    },
-                );
+                let outcome = CallOutcome::Error {
+                    records_in,
+                    error: &error,
+                };
+                self.coordinator.end_phase(phase, &outcome);
+                if let Some(span) = span {
+                    span.end(&outcome);
+                }
                 if error.kind() == "panic" {
                     tracing::warn!(stage = %self.name, message = %error.message(), "stage panicked; its batch counts as failed");
                 } else {
