@@ -20,7 +20,7 @@ use opentelemetry_sdk::{
     trace::{BatchSpanProcessor, Sampler, SdkTracer, SdkTracerProvider},
     Resource,
 };
-use plugin_api::{Record, ValueKind};
+use plugin_api::{Record, TraceContext};
 
 use super::{exporter, ExportStats, TelemetryError};
 use crate::{
@@ -106,46 +106,25 @@ pub struct CallSpan {
     stage: Arc<str>,
 }
 
-/// The record field that carries a message's W3C trace context.
-pub const TRACEPARENT: &str = "traceparent";
-
-/// A W3C `traceparent` (`00-<trace id>-<span id>-<flags>`) as a remote span context.
-fn parse_traceparent(text: &str) -> Option<SpanContext> {
-    let mut parts = text.trim().split('-');
-    let (version, trace, span, flags) =
-        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
-    if version.len() != 2
-        || version == "ff"
-        || trace.len() != 32
-        || span.len() != 16
-        || flags.len() != 2
-    {
-        return None;
-    }
-    // Version 00 has exactly four parts; later versions may append more.
-    if version == "00" && parts.next().is_some() {
-        return None;
-    }
-    let context = SpanContext::new(
-        TraceId::from_hex(trace).ok()?,
-        SpanId::from_hex(span).ok()?,
-        TraceFlags::new(u8::from_str_radix(flags, 16).ok()?),
+/// A record's trace context (what its source read from a W3C `traceparent` field) as a
+/// remote span context.
+fn remote_context(trace: TraceContext) -> SpanContext {
+    SpanContext::new(
+        TraceId::from_bytes(trace.trace_id()),
+        SpanId::from_bytes(trace.span_id()),
+        TraceFlags::new(trace.flags()),
         true,
         TraceState::default(),
-    );
-    context.is_valid().then_some(context)
+    )
 }
 
 impl CallSpan {
-    /// Links the call to the trace of each record that carries a `traceparent` (up to the
-    /// SDK's 128 links a span; the rest are counted as dropped in the span).
+    /// Links the call to the trace of each record that carries a trace context (read from
+    /// its `traceparent` field at decode; up to the SDK's 128 links a span, the rest are
+    /// counted as dropped in the span).
     pub fn link_messages(&mut self, records: &[Record]) {
-        for record in records {
-            if let Some(ValueKind::Str(text)) = record.get(TRACEPARENT).map(|v| v.kind()) {
-                if let Some(context) = parse_traceparent(text) {
-                    self.span.add_link(context, Vec::new());
-                }
-            }
+        for trace in records.iter().filter_map(Record::trace) {
+            self.span.add_link(remote_context(trace), Vec::new());
         }
     }
 
@@ -199,28 +178,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn traceparent_is_parsed_as_w3c_says() {
-        let c = parse_traceparent("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
-            .expect("valid");
+    fn a_records_trace_context_becomes_the_remote_context_it_names() {
+        let trace = TraceContext::from_traceparent(
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        )
+        .expect("valid");
+        let c = remote_context(trace);
         assert_eq!(c.trace_id().to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
         assert_eq!(c.span_id().to_string(), "00f067aa0ba902b7");
-        assert!(c.is_sampled() && c.is_remote());
-        for bad in [
-            "",
-            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
-            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
-            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
-            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
-            "00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01",
-            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
-            "00-xyz92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
-        ] {
-            assert!(parse_traceparent(bad).is_none(), "{bad:?}");
-        }
-        // A later version may carry more parts.
-        assert!(
-            parse_traceparent("01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-x")
-                .is_some()
-        );
+        assert!(c.is_sampled() && c.is_remote() && c.is_valid());
     }
 }
