@@ -15,6 +15,8 @@
 //! | `instance`     | the emitting process, `<hostname>-<pid>` ([`instance_id`][iid])     |
 //! | `timestamp_ns` | decimal nanoseconds since the Unix epoch, by the emitter's clock    |
 //! | `context_id`   | decimal u64 tying related events together; `0` for none             |
+//! | `trace_id`     | only on events about a traced call: its trace id, 32 hex digits     |
+//! | `span_id`      | with `trace_id`: the call's span id, 16 hex digits                  |
 //! | `payload`      | a JSON object whose shape depends on `type` ([`EventPayload`])      |
 //!
 //! [iid]: super::instance_id
@@ -179,11 +181,22 @@ pub fn decode_entry(entry: &StreamId) -> Result<Event, DecodeError> {
         .map_err(|e: super::UnknownEventKind| invalid("type", e.to_string()))?;
     let payload = EventPayload::from_json(kind, &text("payload")?)
         .map_err(|e| invalid("payload", e.to_string()))?;
+    let trace = match entry.map.contains_key("trace_id") {
+        false => None,
+        true => {
+            let (trace_id, span_id) = (text("trace_id")?, text("span_id")?);
+            Some(
+                super::EventTrace::from_hex(&trace_id, &span_id)
+                    .ok_or_else(|| invalid("trace_id", format!("`{trace_id}` / `{span_id}`")))?,
+            )
+        }
+    };
     Ok(Event {
         kind,
         timestamp_ns: number("timestamp_ns")?,
         instance: text("instance")?.into(),
         context_id: number("context_id")?,
+        trace,
         payload: Arc::new(payload),
     })
 }
@@ -534,9 +547,14 @@ impl Writer {
                 .arg("timestamp_ns")
                 .arg(e.timestamp_ns)
                 .arg("context_id")
-                .arg(e.context_id)
-                .arg("payload")
-                .arg(payload);
+                .arg(e.context_id);
+            if let Some(trace) = &e.trace {
+                pipe.arg("trace_id")
+                    .arg(trace.trace_id_hex())
+                    .arg("span_id")
+                    .arg(trace.span_id_hex());
+            }
+            pipe.arg("payload").arg(payload);
         }
         let target = &self.shared.target;
         let n = batch.len();

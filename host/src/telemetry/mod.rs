@@ -17,7 +17,7 @@ mod families;
 mod http;
 mod traces;
 
-pub use traces::StageTracer;
+pub use traces::{CallSpan, StageTracer, MAX_RECORD_SPANS};
 
 use std::{
     sync::{atomic::AtomicU64, Arc},
