@@ -368,3 +368,51 @@ fn traced_messages_events_and_log_lines_share_the_calls_trace() {
     assert!(out_calls.contains(trace_id), "{warning}");
     assert_eq!(warning["spans"][0]["stage"], "out", "{warning}");
 }
+
+#[test]
+fn a_call_gives_at_most_128_records_a_span_and_counts_the_rest() {
+    const M: u64 = 3000;
+    let receiver = OtlpReceiver::start(OtlpProtocol::Grpc);
+    // However small the batches come, no span may be lost to the SDK's queue (2048).
+    let mut host = Host::start_with(&pipeline(&receiver, 1.0), |c| {
+        c.env("OTEL_BSP_MAX_QUEUE_SIZE", "65536");
+    });
+    let messages: Vec<Value> = (0..M)
+        .map(|i| {
+            let (trace, span) = traceparent(i);
+            json!({ "n": i, "traceparent": format!("00-{trace}-{span}-01") })
+        })
+        .collect();
+    send_json(&host.endpoint, &messages);
+    host.wait_settled(M);
+    let summary = host.stop();
+    assert_eq!(totals(&summary), (M, M, 0, 0), "{summary:#}");
+
+    let received = receiver.received();
+    let spans = received.spans();
+    let int = |span: &tests::otlp::Span, key: &str| {
+        attr(span, key)
+            .and_then(|v| v.as_i64())
+            .unwrap_or_else(|| panic!("{key}: {span:?}"))
+    };
+    let (mut traced, mut untraced, mut largest) = (0, 0, 0);
+    for call in spans.iter().filter(|s| s.name == "check process") {
+        let records_in = int(call, "records.in");
+        let (t, u) = (int(call, "records.traced"), int(call, "records.untraced"));
+        // Every message carries a trace context: the first 128 of a call get a span.
+        assert_eq!(t, records_in.min(128), "{call:?}");
+        assert_eq!(t + u, records_in, "{call:?}");
+        assert_eq!(call.links.len() as i64, t, "a link per record span");
+        assert_eq!(call.dropped_links_count, 0);
+        (traced, untraced, largest) = (traced + t, untraced + u, largest.max(records_in));
+    }
+    assert_eq!((traced + untraced) as u64, M);
+    let record_spans = spans.iter().filter(|s| s.name == "check record").count();
+    assert_eq!(record_spans as i64, traced);
+    // A burst of 3000 comes in batches of up to 1024 (the source's batch size).
+    assert!(
+        largest > 128,
+        "no call had more than 128 records: {largest}"
+    );
+    assert!(untraced > 0);
+}
