@@ -810,6 +810,33 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_traced_calls_event_carries_trace_and_span_ids_as_fields() {
+        let server = RedisServer::start(free_port());
+        let bus = RedisBus::start(options(&server.url(), "t9:events"), &Handle::current()).unwrap();
+        let trace = super::super::EventTrace::from_hex(
+            "4bf92f3577b34da6a3ce929d0e0e4736",
+            "00f067aa0ba902b7",
+        );
+        let e = sample_event(EventKind::OperationComplete).with_trace(trace);
+        bus.publish(e.clone());
+        wait_until(Duration::from_secs(10), "1 event written", || {
+            bus.stats().written == 1
+        })
+        .await;
+        let mut conn = reader(&server.url()).await;
+        let entries = xrange(&mut conn, &bus.stream_key(e.kind)).await;
+        assert_eq!(entries.len(), 1);
+        let entry = &entries[0];
+        assert_eq!(
+            entry.get::<String>("trace_id").unwrap(),
+            "4bf92f3577b34da6a3ce929d0e0e4736"
+        );
+        assert_eq!(entry.get::<String>("span_id").unwrap(), "00f067aa0ba902b7");
+        assert_eq!(decode_entry(entry).unwrap(), e);
+        assert!(bus.shutdown(Duration::from_secs(5)).await);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn streams_stay_within_their_documented_length() {
         let server = RedisServer::start(free_port());
         let rt = Handle::current();
