@@ -420,3 +420,47 @@ fn apply(monitor: &Monitor, event: &Event) {
         _ => {}
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::MemoryBus;
+
+    fn events_of_one_call(tracer: Option<StageTracer>) -> Vec<Event> {
+        let bus: Arc<dyn EventBus> = Arc::new(MemoryBus::new());
+        let mut sub = bus.subscribe(Pattern::all(), 64);
+        let ed = EventDriven::new("s", "test-host-1".into(), bus.clone());
+        let coordinator = Coordinator::new(Mode::EventDriven(Arc::new(ed)), tracer);
+        let phase = coordinator.start_phase(&[]);
+        let error = StageError::new("boom", "it broke");
+        coordinator.end_phase(
+            phase,
+            &CallOutcome::Error {
+                records_in: 3,
+                error: &error,
+            },
+        );
+        std::iter::from_fn(|| sub.try_recv()).collect()
+    }
+
+    #[test]
+    fn every_event_of_a_traced_call_carries_its_trace_and_no_other_does() {
+        let events = events_of_one_call(Some(crate::telemetry::sampling_everything("s")));
+        let kinds: Vec<_> = events.iter().map(|e| e.kind).collect();
+        assert_eq!(
+            kinds,
+            [
+                EventKind::PhaseStart,
+                EventKind::PhaseEnd,
+                EventKind::OperationFailed
+            ]
+        );
+        let trace = events[0].trace.expect("a trace");
+        assert_ne!(trace.trace_id, [0; 16]);
+        assert!(events.iter().all(|e| e.trace == Some(trace)), "{events:?}");
+
+        let events = events_of_one_call(None);
+        assert_eq!(events.len(), 3);
+        assert!(events.iter().all(|e| e.trace.is_none()), "{events:?}");
+    }
+}

@@ -17,6 +17,8 @@ mod families;
 mod http;
 mod traces;
 
+#[cfg(test)]
+pub(crate) use traces::sampling_everything;
 pub use traces::{CallSpan, StageTracer, MAX_RECORD_SPANS};
 
 use std::{

@@ -288,6 +288,19 @@ impl CallSpan {
     }
 }
 
+/// A tracer that samples every call and exports nowhere, for tests of what traces feed.
+#[cfg(test)]
+pub(crate) fn sampling_everything(stage: &str) -> StageTracer {
+    let provider = SdkTracerProvider::builder()
+        .with_sampler(CallSampler(Sampler::AlwaysOn))
+        .build();
+    let traces = Traces {
+        tracer: provider.tracer("test"),
+        provider,
+    };
+    traces.stage(stage)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
