@@ -433,8 +433,8 @@ pub struct Event {
     pub timestamp_ns: u64,
     /// Which host process emitted it; see [`instance_id`].
     pub instance: Arc<str>,
-    /// Ties related events together (a phase's start and end, a call and its failure); a
-    /// trace id where one exists. 0 means none. See [`next_context_id`].
+    /// Ties related events together (a phase's start and end, a call and its failure). 0
+    /// means none. See [`next_context_id`]; a traced call's trace is in `trace`.
     pub context_id: u64,
     /// The span of the traced call the event is about (`trace_id` and `span_id` in JSON).
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
