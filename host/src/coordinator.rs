@@ -9,18 +9,29 @@
 //!   them (see [`consume`]), so local metrics stay complete.
 //! - `custom`: as `direct`, and each call's outcome also goes to an observer plugin
 //!   ([`crate::observer`]).
+//!
+//! With `monitoring.otlp.traces` the coordinator also traces the calls: `start_phase` starts
+//! the call's span (and its records' spans, see [`crate::telemetry`]), and for a sampled call
+//! it enters a `call` span of the host's logs carrying `trace_id` and `span_id` on the
+//! worker's thread until `end_phase`, so lines written during the call (the plugin's too)
+//! carry them, and the events about the call carry them too ([`Event::trace`]). A call that
+//! is not sampled costs one non-recording span and nothing more.
 
 use std::{
     sync::Arc,
     time::{Duration, Instant},
 };
 
-use plugin_api::{CallReport, StageError};
+use plugin_api::{CallReport, Record, StageError};
 
 use crate::{
-    events::{next_context_id, Event, EventBus, EventKind, EventPayload, Pattern, Subscription},
+    events::{
+        next_context_id, Event, EventBus, EventKind, EventPayload, EventTrace, Pattern,
+        Subscription,
+    },
     monitor::{CallOutcome, Monitor, StageStats},
     observer::ObserverFeed,
+    telemetry::{CallSpan, StageTracer},
 };
 
 /// The operation every stage call performs.
@@ -28,9 +39,17 @@ pub const OPERATION: &str = "process";
 /// The operation of a single record's failure inside a call that returned.
 pub const RECORD_OPERATION: &str = "process.record";
 
+/// Observes one stage's calls: how ([`Mode`]), and whether they are traced.
+#[derive(Clone)]
+pub struct Coordinator {
+    mode: Mode,
+    /// `monitoring.otlp.traces`: a span per call (sampled). Never with [`Mode::Disabled`].
+    tracer: Option<StageTracer>,
+}
+
 /// How a stage's calls are observed.
 #[derive(Clone)]
-pub enum Coordinator {
+pub enum Mode {
     Disabled,
     Direct(Arc<StageStats>),
     EventDriven(Arc<EventDriven>),
@@ -57,9 +76,16 @@ impl EventDriven {
         }
     }
 
-    fn emit(&self, kind: EventKind, context_id: u64, payload: EventPayload) {
-        self.bus
-            .publish(Event::new(kind, self.instance.clone(), context_id, payload));
+    fn emit(
+        &self,
+        kind: EventKind,
+        context_id: u64,
+        trace: Option<EventTrace>,
+        payload: EventPayload,
+    ) {
+        self.bus.publish(
+            Event::new(kind, self.instance.clone(), context_id, payload).with_trace(trace),
+        );
     }
 
     fn phase(&self) -> EventPayload {
@@ -72,6 +98,7 @@ impl EventDriven {
     fn failed(
         &self,
         context_id: u64,
+        trace: Option<EventTrace>,
         operation: &Arc<str>,
         error: &StageError,
         records: u64,
@@ -80,6 +107,7 @@ impl EventDriven {
         self.emit(
             EventKind::OperationFailed,
             context_id,
+            trace,
             EventPayload::OperationFailed {
                 stage: self.stage.clone(),
                 operation: operation.clone(),
@@ -92,35 +120,89 @@ impl EventDriven {
     }
 }
 
-/// A phase in progress.
+/// A phase in progress. Stays on the worker's thread (a traced call's log span is entered
+/// there).
 pub struct Phase {
     started: Option<Instant>,
     context_id: u64,
+    traced: Option<TracedCall>,
+}
+
+/// A sampled call: its span, and the log span entered for its duration.
+struct TracedCall {
+    span: CallSpan,
+    ids: EventTrace,
+    _logs: tracing::span::EnteredSpan,
+}
+
+impl TracedCall {
+    fn start(span: CallSpan) -> TracedCall {
+        let ids = EventTrace {
+            trace_id: span.trace_id(),
+            span_id: span.span_id(),
+        };
+        // ERROR, like the stage's span (see `logging::stage_span`): it must exist whenever
+        // the host logs at all, or the trace id would be missing from the warnings.
+        let logs = tracing::error_span!(
+            target: "host::stage",
+            "call",
+            trace_id = %ids.trace_id_hex(),
+            span_id = %ids.span_id_hex(),
+        )
+        .entered();
+        TracedCall {
+            span,
+            ids,
+            _logs: logs,
+        }
+    }
+}
+
+impl Phase {
+    fn trace(&self) -> Option<EventTrace> {
+        self.traced.as_ref().map(|t| t.ids)
+    }
 }
 
 impl Coordinator {
-    /// Whether calls are observed at all.
-    pub fn is_enabled(&self) -> bool {
-        !matches!(self, Coordinator::Disabled)
+    pub fn new(mode: Mode, tracer: Option<StageTracer>) -> Coordinator {
+        // `disabled` does no work per call: the configuration refuses traces with it.
+        let tracer = tracer.filter(|_| !matches!(mode, Mode::Disabled));
+        Coordinator { mode, tracer }
     }
 
+    /// Whether calls are observed at all.
+    pub fn is_enabled(&self) -> bool {
+        !matches!(self.mode, Mode::Disabled)
+    }
+
+    /// Starts a call with `records` (looked at only when the call is traced and sampled).
     #[inline]
-    pub fn start_phase(&self) -> Phase {
-        match self {
-            Coordinator::Disabled => Phase {
+    pub fn start_phase(&self, records: &[Record]) -> Phase {
+        let traced = self
+            .tracer
+            .as_ref()
+            .and_then(|t| t.start(records))
+            .map(TracedCall::start);
+        match &self.mode {
+            Mode::Disabled => Phase {
                 started: None,
                 context_id: 0,
+                traced,
             },
-            Coordinator::Direct(_) | Coordinator::Custom(..) => Phase {
+            Mode::Direct(_) | Mode::Custom(..) => Phase {
                 started: Some(Instant::now()),
                 context_id: 0,
+                traced,
             },
-            Coordinator::EventDriven(ed) => {
+            Mode::EventDriven(ed) => {
                 let context_id = next_context_id();
-                ed.emit(EventKind::PhaseStart, context_id, ed.phase());
+                let trace = traced.as_ref().map(|t| t.ids);
+                ed.emit(EventKind::PhaseStart, context_id, trace, ed.phase());
                 Phase {
                     started: Some(Instant::now()),
                     context_id,
+                    traced,
                 }
             }
         }
@@ -129,16 +211,17 @@ impl Coordinator {
     #[inline]
     pub fn end_phase(&self, phase: Phase, outcome: &CallOutcome<'_>) {
         let duration = phase.started.map(|s| s.elapsed());
-        match self {
-            Coordinator::Disabled => {}
-            Coordinator::Direct(stats) => stats.record_call(duration, outcome),
-            Coordinator::Custom(stats, feed) => {
+        match &self.mode {
+            Mode::Disabled => {}
+            Mode::Direct(stats) => stats.record_call(duration, outcome),
+            Mode::Custom(stats, feed) => {
                 stats.record_call(duration, outcome);
                 report(feed, &stats.name, duration, outcome);
             }
-            Coordinator::EventDriven(ed) => {
+            Mode::EventDriven(ed) => {
                 let ctx = phase.context_id;
-                ed.emit(EventKind::PhaseEnd, ctx, ed.phase());
+                let trace = phase.trace();
+                ed.emit(EventKind::PhaseEnd, ctx, trace, ed.phase());
                 match outcome {
                     CallOutcome::Success {
                         records_in,
@@ -148,11 +231,12 @@ impl Coordinator {
                         // Record-level failures first, so the monitor has them when the call
                         // completes.
                         for f in failures.iter() {
-                            ed.failed(ctx, &ed.record_operation, f.error(), 1, None);
+                            ed.failed(ctx, trace, &ed.record_operation, f.error(), 1, None);
                         }
                         ed.emit(
                             EventKind::OperationComplete,
                             ctx,
+                            trace,
                             EventPayload::OperationComplete {
                                 stage: ed.stage.clone(),
                                 operation: ed.operation.clone(),
@@ -163,24 +247,27 @@ impl Coordinator {
                         );
                     }
                     CallOutcome::Error { records_in, error } => {
-                        ed.failed(ctx, &ed.operation, error, *records_in as u64, duration);
+                        let n = *records_in as u64;
+                        ed.failed(ctx, trace, &ed.operation, error, n, duration);
                     }
                 }
             }
+        }
+        if let Some(traced) = phase.traced {
+            traced.span.end(outcome);
         }
     }
 
     /// Records a named value for the stage: a gauge in its statistics, or a
     /// `performance.metric.recorded` event in event-driven mode.
     pub fn record_metric(&self, name: &str, value: f64) {
-        match self {
-            Coordinator::Disabled => {}
-            Coordinator::Direct(stats) | Coordinator::Custom(stats, _) => {
-                stats.set_gauge(name, value)
-            }
-            Coordinator::EventDriven(ed) => ed.emit(
+        match &self.mode {
+            Mode::Disabled => {}
+            Mode::Direct(stats) | Mode::Custom(stats, _) => stats.set_gauge(name, value),
+            Mode::EventDriven(ed) => ed.emit(
                 EventKind::MetricRecorded,
                 0,
+                None,
                 EventPayload::MetricRecorded {
                     stage: ed.stage.clone(),
                     name: name.into(),
@@ -331,5 +418,49 @@ fn apply(monitor: &Monitor, event: &Event) {
             }
         }
         _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::MemoryBus;
+
+    fn events_of_one_call(tracer: Option<StageTracer>) -> Vec<Event> {
+        let bus: Arc<dyn EventBus> = Arc::new(MemoryBus::new());
+        let mut sub = bus.subscribe(Pattern::all(), 64);
+        let ed = EventDriven::new("s", "test-host-1".into(), bus.clone());
+        let coordinator = Coordinator::new(Mode::EventDriven(Arc::new(ed)), tracer);
+        let phase = coordinator.start_phase(&[]);
+        let error = StageError::new("boom", "it broke");
+        coordinator.end_phase(
+            phase,
+            &CallOutcome::Error {
+                records_in: 3,
+                error: &error,
+            },
+        );
+        std::iter::from_fn(|| sub.try_recv()).collect()
+    }
+
+    #[test]
+    fn every_event_of_a_traced_call_carries_its_trace_and_no_other_does() {
+        let events = events_of_one_call(Some(crate::telemetry::sampling_everything("s")));
+        let kinds: Vec<_> = events.iter().map(|e| e.kind).collect();
+        assert_eq!(
+            kinds,
+            [
+                EventKind::PhaseStart,
+                EventKind::PhaseEnd,
+                EventKind::OperationFailed
+            ]
+        );
+        let trace = events[0].trace.expect("a trace");
+        assert_ne!(trace.trace_id, [0; 16]);
+        assert!(events.iter().all(|e| e.trace == Some(trace)), "{events:?}");
+
+        let events = events_of_one_call(None);
+        assert_eq!(events.len(), 3);
+        assert!(events.iter().all(|e| e.trace.is_none()), "{events:?}");
     }
 }

@@ -528,14 +528,17 @@ impl Host {
     }
 
     /// Where the admin API listens (`127.0.0.1:PORT`), from the host's
-    /// "admin API listening" log line; panics if the host has not logged one.
+    /// "admin API listening" log line (text or JSON); panics if the host has not logged one.
     pub fn admin_address(&self) -> String {
         let log = self.log();
         log.lines()
             .filter(|l| l.contains("admin API listening"))
-            .find_map(|l| {
-                l.split_whitespace()
+            .find_map(|l| match serde_json::from_str::<Value>(l) {
+                Ok(v) => v["fields"]["address"].as_str().map(str::to_owned),
+                Err(_) => l
+                    .split_whitespace()
                     .find_map(|w| w.strip_prefix("address="))
+                    .map(str::to_owned),
             })
             .map(|a| a.trim_matches('"').to_owned())
             .unwrap_or_else(|| panic!("the host logged no admin API address:\n{log}"))

@@ -1,14 +1,16 @@
 //! `monitoring.otlp.traces`: every stage call (all of them at `sample_ratio: 1`) becomes a span
 //! at a real OTLP receiver, over gRPC and over HTTP, with the stage, the records in and out,
 //! the outcome and the error type; the spans' record counts add up to what the monitor counted,
-//! a call links to the trace of each message that carried a `traceparent`, and at
-//! `sample_ratio: 0` there are none.
+//! at `sample_ratio: 0` there are none. A message that carried a `traceparent` gets a span in
+//! its trace per stage (a child of the span it named, linked both ways with the call's span,
+//! failed when the stage failed it), and the events on the Redis bus and the JSON log lines
+//! written during a traced call carry the call's trace id.
 
-use std::time::Duration;
+use std::{collections::BTreeSet, time::Duration};
 
 use tests::{
-    any_to_json, assert_reconciled, json, send_json, totals, wait_until, Host, OtlpProtocol,
-    OtlpReceiver, Value,
+    any_to_json, assert_reconciled, json, read_stream, redis_url, send_json, stream_key, totals,
+    wait_until, Host, OtlpProtocol, OtlpReceiver, RedisServer, Value,
 };
 
 const N: u64 = 40;
@@ -54,6 +56,7 @@ fn calls(receiver: &OtlpReceiver) -> Vec<Call> {
     received
         .spans()
         .iter()
+        .filter(|span| span.name.ends_with(" process"))
         .map(|span| {
             let attr = |key: &str| {
                 span.attributes
@@ -219,4 +222,197 @@ fn a_receiver_that_is_down_holds_the_exit_at_most_the_timeout() {
         "{}",
         host.log()
     );
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn attr(span: &tests::otlp::Span, key: &str) -> Option<Value> {
+    span.attributes
+        .iter()
+        .find(|kv| kv.key == key)
+        .and_then(|kv| kv.value.as_ref())
+        .map(any_to_json)
+}
+
+/// Message `i`'s trace and the span it names (its caller's).
+fn traceparent(i: u64) -> (String, String) {
+    (
+        format!("{:032x}", 0xabc0_0000 + i),
+        format!("{:016x}", 0x5150 + i),
+    )
+}
+
+#[test]
+fn traced_messages_events_and_log_lines_share_the_calls_trace() {
+    const M: u64 = 12;
+    let receiver = OtlpReceiver::start(OtlpProtocol::Grpc);
+    let redis = RedisServer::start();
+    // `out` writes to /dev/full: the jsonl plugin logs a warning inside its call.
+    let text = pipeline(&receiver, 1.0)
+        .replace("{{dir}}/out.jsonl", "/dev/full")
+        .replace(
+            "monitoring:\n",
+            &format!(
+                "monitoring:\n  mode: event_driven\n  events: {{ bus: redis, redis_url: \"{}\" }}\n",
+                redis_url(redis.port)
+            ),
+        );
+    let mut host = Host::start_with(&text, |c| {
+        c.args(["--log-format", "json"]);
+    });
+    let messages: Vec<Value> = (0..M)
+        .map(|i| {
+            let (trace, span) = traceparent(i);
+            json!({ "n": i, "bad": i % 4 == 1, "traceparent": format!("00-{trace}-{span}-01") })
+        })
+        .collect();
+    send_json(&host.endpoint, &messages);
+    host.wait_settled(M);
+    let summary = host.stop();
+    assert_reconciled(&summary);
+    assert_eq!(totals(&summary).0, M, "{summary:#}");
+
+    let received = receiver.received();
+    let spans = received.spans();
+    let call_spans: Vec<_> = spans
+        .iter()
+        .filter(|s| s.name.ends_with(" process"))
+        .collect();
+    let by_id = |id: &[u8]| spans.iter().find(|s| s.span_id == id);
+
+    // A span per message per stage it reached (`check` fails every 4th), in the message's
+    // trace, under the span it named.
+    for stage in ["check", "out"] {
+        for i in (0..M).filter(|i| stage == "check" || i % 4 != 1) {
+            let (trace, parent) = traceparent(i);
+            let mine: Vec<_> = spans
+                .iter()
+                .filter(|s| s.name == format!("{stage} record") && hex(&s.trace_id) == trace)
+                .collect();
+            assert_eq!(mine.len(), 1, "{stage} message {i}: {mine:#?}");
+            let span = mine[0];
+            assert_eq!(hex(&span.parent_span_id), parent, "{stage} {i}");
+            assert_eq!(attr(span, "stage"), Some(json!(stage)));
+            let failed = stage == "out" || i % 4 == 1;
+            let outcome = if failed { "failed" } else { "ok" };
+            assert_eq!(attr(span, "outcome"), Some(json!(outcome)), "{stage} {i}");
+            assert_eq!(
+                span.status.as_ref().map(|s| s.code),
+                Some(if failed { 2 } else { 0 }),
+                "{stage} {i}: {span:?}"
+            );
+            if stage == "check" && failed {
+                assert_eq!(attr(span, "error.type"), Some(json!("validation")));
+            }
+            // Linked with its call's span, both ways.
+            assert_eq!(span.links.len(), 1, "{span:?}");
+            let call = by_id(&span.links[0].span_id).expect("the linked call span");
+            assert_eq!(call.name, format!("{stage} process"));
+            assert_eq!(call.trace_id, span.links[0].trace_id);
+            assert!(
+                call.links
+                    .iter()
+                    .any(|l| l.span_id == span.span_id && l.trace_id == span.trace_id),
+                "{call:?}"
+            );
+        }
+    }
+    let traced: i64 = call_spans
+        .iter()
+        .filter_map(|s| attr(s, "records.traced").and_then(|v| v.as_i64()))
+        .sum();
+    assert_eq!(traced as u64, M + M - M / 4);
+
+    // Every performance event of a call carries that call's trace and span ids.
+    let calls: BTreeSet<(String, String)> = call_spans
+        .iter()
+        .map(|s| (hex(&s.trace_id), hex(&s.span_id)))
+        .collect();
+    let mut conn = redis.connect();
+    for kind in [
+        "performance.phase.start",
+        "performance.phase.end",
+        "performance.operation.complete",
+        "performance.operation.failed",
+    ] {
+        let entries = read_stream(&mut conn, &stream_key(kind));
+        assert!(!entries.is_empty(), "{kind}");
+        for e in &entries {
+            let ids = (
+                e.field("trace_id").to_owned(),
+                e.field("span_id").to_owned(),
+            );
+            assert!(calls.contains(&ids), "{kind}: {e:?} names no call span");
+        }
+    }
+    let completed = read_stream(&mut conn, &stream_key("performance.operation.complete"));
+    let traces: BTreeSet<&str> = completed.iter().map(|e| e.field("trace_id")).collect();
+    assert_eq!(traces.len(), completed.len(), "a trace per call");
+
+    // The plugin's warning, written inside a traced call, carries that call's trace id.
+    let out_calls: BTreeSet<String> = call_spans
+        .iter()
+        .filter(|s| s.name == "out process")
+        .map(|s| hex(&s.trace_id))
+        .collect();
+    let log = host.log();
+    let warning: Value = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|l| l["target"] == "plugin_jsonl")
+        .unwrap_or_else(|| panic!("no plugin warning:\n{log}"));
+    assert_eq!(warning["span"]["name"], "call", "{warning}");
+    let trace_id = warning["span"]["trace_id"].as_str().expect("trace_id");
+    assert!(out_calls.contains(trace_id), "{warning}");
+    assert_eq!(warning["spans"][0]["stage"], "out", "{warning}");
+}
+
+#[test]
+fn a_call_gives_at_most_128_records_a_span_and_counts_the_rest() {
+    const M: u64 = 3000;
+    let receiver = OtlpReceiver::start(OtlpProtocol::Grpc);
+    // However small the batches come, no span may be lost to the SDK's queue (2048).
+    let mut host = Host::start_with(&pipeline(&receiver, 1.0), |c| {
+        c.env("OTEL_BSP_MAX_QUEUE_SIZE", "65536");
+    });
+    let messages: Vec<Value> = (0..M)
+        .map(|i| {
+            let (trace, span) = traceparent(i);
+            json!({ "n": i, "traceparent": format!("00-{trace}-{span}-01") })
+        })
+        .collect();
+    send_json(&host.endpoint, &messages);
+    host.wait_settled(M);
+    let summary = host.stop();
+    assert_eq!(totals(&summary), (M, M, 0, 0), "{summary:#}");
+
+    let received = receiver.received();
+    let spans = received.spans();
+    let int = |span: &tests::otlp::Span, key: &str| {
+        attr(span, key)
+            .and_then(|v| v.as_i64())
+            .unwrap_or_else(|| panic!("{key}: {span:?}"))
+    };
+    let (mut traced, mut untraced, mut largest) = (0, 0, 0);
+    for call in spans.iter().filter(|s| s.name == "check process") {
+        let records_in = int(call, "records.in");
+        let (t, u) = (int(call, "records.traced"), int(call, "records.untraced"));
+        // Every message carries a trace context: the first 128 of a call get a span.
+        assert_eq!(t, records_in.min(128), "{call:?}");
+        assert_eq!(t + u, records_in, "{call:?}");
+        assert_eq!(call.links.len() as i64, t, "a link per record span");
+        assert_eq!(call.dropped_links_count, 0);
+        (traced, untraced, largest) = (traced + t, untraced + u, largest.max(records_in));
+    }
+    assert_eq!((traced + untraced) as u64, M);
+    let record_spans = spans.iter().filter(|s| s.name == "check record").count();
+    assert_eq!(record_spans as i64, traced);
+    // A burst of 3000 comes in batches of up to 1024 (the source's batch size).
+    assert!(
+        largest > 128,
+        "no call had more than 128 records: {largest}"
+    );
+    assert!(untraced > 0);
 }

@@ -15,6 +15,10 @@
 //!              "records_in": 1024, "records_out": 1000}}
 //! ```
 //!
+//! An event about a stage call that was traced (`monitoring.otlp.traces`, a sampled call) also
+//! carries `"trace_id"` (32 hex digits) and `"span_id"` (16), the call's span; other events
+//! have neither field.
+//!
 //! The payload carries no tag of its own: `type` says which shape it has. Readers of this crate
 //! ignore payload fields they do not know, so a payload may grow a field without breaking older
 //! readers; removing or retyping a field is a new event type.
@@ -429,10 +433,71 @@ pub struct Event {
     pub timestamp_ns: u64,
     /// Which host process emitted it; see [`instance_id`].
     pub instance: Arc<str>,
-    /// Ties related events together (a phase's start and end, a call and its failure); a
-    /// trace id where one exists. 0 means none. See [`next_context_id`].
+    /// Ties related events together (a phase's start and end, a call and its failure). 0
+    /// means none. See [`next_context_id`]; a traced call's trace is in `trace`.
     pub context_id: u64,
+    /// The span of the traced call the event is about (`trace_id` and `span_id` in JSON).
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub trace: Option<EventTrace>,
     pub payload: Arc<EventPayload>,
+}
+
+/// The span of a traced stage call, as events carry it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct EventTrace {
+    pub trace_id: [u8; 16],
+    pub span_id: [u8; 8],
+}
+
+impl EventTrace {
+    /// The trace id as 32 lower-case hex digits, as W3C trace context and OTLP/JSON write it.
+    pub fn trace_id_hex(&self) -> String {
+        hex(&self.trace_id)
+    }
+
+    /// The span id as 16 lower-case hex digits.
+    pub fn span_id_hex(&self) -> String {
+        hex(&self.span_id)
+    }
+
+    /// Reads the two hex forms back; `None` unless both have the right length and digits.
+    pub fn from_hex(trace_id: &str, span_id: &str) -> Option<EventTrace> {
+        let bytes = |text: &str, out: &mut [u8]| -> Option<()> {
+            if text.len() != out.len() * 2 || !text.is_ascii() {
+                return None;
+            }
+            for (i, b) in out.iter_mut().enumerate() {
+                *b = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).ok()?;
+            }
+            Some(())
+        };
+        let mut t = EventTrace {
+            trace_id: [0; 16],
+            span_id: [0; 8],
+        };
+        bytes(trace_id, &mut t.trace_id)?;
+        bytes(span_id, &mut t.span_id)?;
+        Some(t)
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+}
+
+impl Serialize for EventTrace {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut map = s.serialize_map(Some(2))?;
+        map.serialize_entry("trace_id", &self.trace_id_hex())?;
+        map.serialize_entry("span_id", &self.span_id_hex())?;
+        map.end()
+    }
 }
 
 /// The wire form, before the payload's shape is known.
@@ -443,6 +508,10 @@ struct RawEvent {
     timestamp_ns: u64,
     instance: Arc<str>,
     context_id: u64,
+    #[serde(default)]
+    trace_id: Option<String>,
+    #[serde(default)]
+    span_id: Option<String>,
     payload: Box<serde_json::value::RawValue>,
 }
 
@@ -452,11 +521,20 @@ impl TryFrom<RawEvent> for Event {
     fn try_from(raw: RawEvent) -> Result<Self, Self::Error> {
         let payload = EventPayload::from_json(raw.kind, raw.payload.get())
             .map_err(|e| format!("bad payload for `{}`: {e}", raw.kind))?;
+        let trace = match (raw.trace_id, raw.span_id) {
+            (None, None) => None,
+            (Some(t), Some(s)) => Some(
+                EventTrace::from_hex(&t, &s)
+                    .ok_or_else(|| format!("bad trace_id `{t}` or span_id `{s}`"))?,
+            ),
+            _ => return Err("trace_id and span_id come together".into()),
+        };
         Ok(Event {
             kind: raw.kind,
             timestamp_ns: raw.timestamp_ns,
             instance: raw.instance,
             context_id: raw.context_id,
+            trace,
             payload: Arc::new(payload),
         })
     }
@@ -482,8 +560,15 @@ impl Event {
             timestamp_ns: now_ns(),
             instance,
             context_id,
+            trace: None,
             payload: Arc::new(payload),
         }
+    }
+
+    /// The event, about the traced call `trace` (when there is one).
+    pub fn with_trace(mut self, trace: Option<EventTrace>) -> Event {
+        self.trace = trace;
+        self
     }
 
     /// The JSON form (see the module docs).
@@ -635,6 +720,23 @@ mod tests {
                     "records_in": 1024, "records_out": 1000
                 }
             })
+        );
+    }
+
+    #[test]
+    fn a_traced_calls_event_carries_its_trace_and_span_ids_in_hex() {
+        let trace = EventTrace::from_hex("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7");
+        let e = sample_event(EventKind::PhaseEnd).with_trace(trace);
+        let v: serde_json::Value = serde_json::from_str(&e.to_json()).unwrap();
+        assert_eq!(v["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(v["span_id"], "00f067aa0ba902b7");
+        assert_eq!(Event::from_json(&e.to_json()).unwrap(), e);
+        let plain = sample_event(EventKind::PhaseEnd).to_json();
+        assert!(!plain.contains("trace_id"), "{plain}");
+        assert_eq!(EventTrace::from_hex("4bf9", "00f067aa0ba902b7"), None);
+        assert_eq!(
+            EventTrace::from_hex(&"g".repeat(32), "00f067aa0ba902b7"),
+            None
         );
     }
 

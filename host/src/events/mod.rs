@@ -33,7 +33,7 @@ pub use self::redis::{decode_entry, stream_key, DecodeError, RedisBus, RedisOpti
 #[cfg(test)]
 pub(crate) use event::samples;
 pub use event::{
-    instance_id, next_context_id, now_ns, Event, EventKind, EventPayload, HealthState,
+    instance_id, next_context_id, now_ns, Event, EventKind, EventPayload, EventTrace, HealthState,
     UnknownEventKind,
 };
 pub use memory::{MemoryBus, Subscription};

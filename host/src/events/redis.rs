@@ -15,6 +15,8 @@
 //! | `instance`     | the emitting process, `<hostname>-<pid>` ([`instance_id`][iid])     |
 //! | `timestamp_ns` | decimal nanoseconds since the Unix epoch, by the emitter's clock    |
 //! | `context_id`   | decimal u64 tying related events together; `0` for none             |
+//! | `trace_id`     | only on events about a traced call: its trace id, 32 hex digits     |
+//! | `span_id`      | with `trace_id`: the call's span id, 16 hex digits                  |
 //! | `payload`      | a JSON object whose shape depends on `type` ([`EventPayload`])      |
 //!
 //! [iid]: super::instance_id
@@ -179,11 +181,22 @@ pub fn decode_entry(entry: &StreamId) -> Result<Event, DecodeError> {
         .map_err(|e: super::UnknownEventKind| invalid("type", e.to_string()))?;
     let payload = EventPayload::from_json(kind, &text("payload")?)
         .map_err(|e| invalid("payload", e.to_string()))?;
+    let trace = match entry.map.contains_key("trace_id") {
+        false => None,
+        true => {
+            let (trace_id, span_id) = (text("trace_id")?, text("span_id")?);
+            Some(
+                super::EventTrace::from_hex(&trace_id, &span_id)
+                    .ok_or_else(|| invalid("trace_id", format!("`{trace_id}` / `{span_id}`")))?,
+            )
+        }
+    };
     Ok(Event {
         kind,
         timestamp_ns: number("timestamp_ns")?,
         instance: text("instance")?.into(),
         context_id: number("context_id")?,
+        trace,
         payload: Arc::new(payload),
     })
 }
@@ -534,9 +547,14 @@ impl Writer {
                 .arg("timestamp_ns")
                 .arg(e.timestamp_ns)
                 .arg("context_id")
-                .arg(e.context_id)
-                .arg("payload")
-                .arg(payload);
+                .arg(e.context_id);
+            if let Some(trace) = &e.trace {
+                pipe.arg("trace_id")
+                    .arg(trace.trace_id_hex())
+                    .arg("span_id")
+                    .arg(trace.span_id_hex());
+            }
+            pipe.arg("payload").arg(payload);
         }
         let target = &self.shared.target;
         let n = batch.len();
@@ -788,6 +806,33 @@ mod tests {
             (stats.published, stats.dropped, stats.publish_failed),
             (10, 0, 0)
         );
+        assert!(bus.shutdown(Duration::from_secs(5)).await);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_traced_calls_event_carries_trace_and_span_ids_as_fields() {
+        let server = RedisServer::start(free_port());
+        let bus = RedisBus::start(options(&server.url(), "t9:events"), &Handle::current()).unwrap();
+        let trace = super::super::EventTrace::from_hex(
+            "4bf92f3577b34da6a3ce929d0e0e4736",
+            "00f067aa0ba902b7",
+        );
+        let e = sample_event(EventKind::OperationComplete).with_trace(trace);
+        bus.publish(e.clone());
+        wait_until(Duration::from_secs(10), "1 event written", || {
+            bus.stats().written == 1
+        })
+        .await;
+        let mut conn = reader(&server.url()).await;
+        let entries = xrange(&mut conn, &bus.stream_key(e.kind)).await;
+        assert_eq!(entries.len(), 1);
+        let entry = &entries[0];
+        assert_eq!(
+            entry.get::<String>("trace_id").unwrap(),
+            "4bf92f3577b34da6a3ce929d0e0e4736"
+        );
+        assert_eq!(entry.get::<String>("span_id").unwrap(), "00f067aa0ba902b7");
+        assert_eq!(decode_entry(entry).unwrap(), e);
         assert!(bus.shutdown(Duration::from_secs(5)).await);
     }
 

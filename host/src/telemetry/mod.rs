@@ -9,15 +9,19 @@
 //! ([`ExportStats`], `host_otlp_export_failures_total`) and failures are logged at most once
 //! a minute. [`Telemetry::shutdown`] makes one last export, bounded by `timeout`.
 //!
-//! With `traces`, each stage call can also become a span ([`StageTracer`], made by the
-//! worker after the call, sampled by trace id), exported by the SDK's batch span processor.
+//! With `traces`, each stage call can also become a span ([`StageTracer`], started and ended
+//! by the stage's coordinator around the call, sampled by trace id), and each of a sampled
+//! call's records that carries a trace context a span in its own trace; exported by the
+//! SDK's batch span processor.
 
 mod exporter;
 mod families;
 mod http;
 mod traces;
 
-pub use traces::StageTracer;
+#[cfg(test)]
+pub(crate) use traces::sampling_everything;
+pub use traces::{CallSpan, StageTracer, MAX_RECORD_SPANS};
 
 use std::{
     sync::{atomic::AtomicU64, Arc},

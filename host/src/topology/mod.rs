@@ -21,7 +21,7 @@ use crate::{
     accounting::{PipelineCounters, DRAIN_TIMEOUT},
     admin::{self, AdminState, PipelineGraph, SourceView, StageView},
     config::{ConfigError, Diagnostic, MonitoringMode, PipelineConfig},
-    coordinator::{self, Coordinator, EventDriven},
+    coordinator::{self, Coordinator, EventDriven, Mode},
     crash::CallMarker,
     events::{self, instance_id, EventBus, EventKind, EventPayload, EventsError},
     health::Health,
@@ -362,18 +362,20 @@ impl Topology {
         let mut workers = Vec::new();
         let mut health_components = Vec::new();
         for built in self.stages {
-            let coordinator = match (&bus, mode, &observer_feed) {
-                (_, MonitoringMode::Disabled, _) | (None, _, _) => Coordinator::Disabled,
+            let observed = match (&bus, mode, &observer_feed) {
+                (_, MonitoringMode::Disabled, _) | (None, _, _) => Mode::Disabled,
                 (Some(_), MonitoringMode::Custom, Some(feed)) => {
-                    Coordinator::Custom(built.stats.clone(), feed.clone())
+                    Mode::Custom(built.stats.clone(), feed.clone())
                 }
                 (Some(_), MonitoringMode::Direct | MonitoringMode::Custom, _) => {
-                    Coordinator::Direct(built.stats.clone())
+                    Mode::Direct(built.stats.clone())
                 }
-                (Some(bus), MonitoringMode::EventDriven, _) => Coordinator::EventDriven(Arc::new(
+                (Some(bus), MonitoringMode::EventDriven, _) => Mode::EventDriven(Arc::new(
                     EventDriven::new(&built.name, instance.clone(), bus.clone()),
                 )),
             };
+            let tracer = telemetry.as_ref().and_then(|t| t.stage_tracer(&built.name));
+            let coordinator = Coordinator::new(observed, tracer);
             health_components.push(observe::stage_check(
                 &built.name,
                 built.kind,
@@ -382,7 +384,6 @@ impl Topology {
                 &monitoring.health,
             ));
             let worker = Worker {
-                tracer: telemetry.as_ref().and_then(|t| t.stage_tracer(&built.name)),
                 outputs: outputs_of(&built.name),
                 input: receivers.remove(&built.name).expect("one queue per stage"),
                 name: built.name.clone(),

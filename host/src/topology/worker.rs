@@ -34,7 +34,6 @@ use crate::{
     clock::unix_ns,
     coordinator::Coordinator,
     monitor::{type_tally, CallOutcome, StageStats},
-    telemetry::StageTracer,
 };
 
 /// Records handed back by a stage, due to be called with again. They stay pending in their
@@ -136,9 +135,8 @@ pub struct Worker {
     pub stage: StageBox,
     /// In-call marks and health answers, shared with the health check.
     pub probe: Arc<StageProbe>,
+    /// Observes (and traces) the calls.
     pub coordinator: Coordinator,
-    /// `monitoring.otlp.traces`: a span per call (sampled).
-    pub tracer: Option<StageTracer>,
     pub stats: Arc<StageStats>,
     /// The field whose values are counted per stage (`monitoring.type_field`).
     pub type_field: Arc<str>,
@@ -383,13 +381,9 @@ impl Worker {
             lineage: lineage.clone(),
             acks: run.acks.clone(),
         };
-        // Sampled calls only: the span, linked to the traces its records carry.
-        let mut span = self.tracer.as_ref().and_then(StageTracer::start);
-        if let Some(span) = &mut span {
-            span.link_messages(&records);
-        }
+        // The records are looked at only for a traced (sampled) call.
+        let phase = self.coordinator.start_phase(&records);
         let mut batch = Batch::with_ack(records, FfiAck_TO::from_ptr(RArc::new(ack), TD_Opaque));
-        let phase = self.coordinator.start_phase();
         let stage = &mut self.stage;
         let result = self.probe.call(|| stage.process(&mut batch));
         let (output, failures) = batch.into_output();
@@ -408,9 +402,6 @@ impl Worker {
                     failures: &failures,
                 };
                 self.coordinator.end_phase(phase, &outcome);
-                if let Some(span) = span {
-                    span.end(&outcome);
-                }
             }
             RErr(error) => {
                 // The whole batch failed; whatever the stage left in it is suspect.
@@ -422,9 +413,6 @@ impl Worker {
                     error: &error,
                 };
                 self.coordinator.end_phase(phase, &outcome);
-                if let Some(span) = span {
-                    span.end(&outcome);
-                }
                 if error.kind() == "panic" {
                     tracing::warn!(stage = %self.name, message = %error.message(), "stage panicked; its batch counts as failed");
                 } else {
