@@ -5,11 +5,9 @@
 //! `traceparent` as the log's trace and span ids, the configured resource, and a header
 //! whose value came from the environment.
 
-use std::time::Duration;
-
 use tests::{
     any_to_json, assert_reconciled, attributes_json, json, send_json, totals, wait_until, Host,
-    OtlpProtocol, OtlpReceiver, Value,
+    OtlpProtocol, OtlpReceiver, Value, DELIVERY_TIMEOUT,
 };
 
 const N: u64 = 60;
@@ -70,7 +68,7 @@ fn logs_arrive(protocol: OtlpProtocol) {
     });
     let messages: Vec<Value> = (0..N).map(message).collect();
     send_json(&host.endpoint, &messages);
-    let arrived = wait_until(Duration::from_secs(30), || {
+    let arrived = wait_until(DELIVERY_TIMEOUT, || {
         receiver.received().log_records().len() as u64 >= N
     });
     assert!(

@@ -4,12 +4,12 @@
 
 use std::{
     collections::BTreeMap,
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::{SystemTime, UNIX_EPOCH},
 };
 
 use tests::{
     assert_reconciled, attributes_json, histogram_points, is_gauge, json, number_points, send_json,
-    sum_shape, totals, wait_until, Host, OtlpProtocol, OtlpReceiver, Value,
+    sum_shape, totals, wait_until, Host, OtlpProtocol, OtlpReceiver, Value, DELIVERY_TIMEOUT,
 };
 
 const N: u64 = 40;
@@ -72,7 +72,7 @@ fn metrics_arrive(protocol: OtlpProtocol) {
             .map(|m| number_points(m).len() + histogram_points(m).len())
             .sum()
     };
-    let all = wait_until(Duration::from_secs(30), || {
+    let all = wait_until(DELIVERY_TIMEOUT, || {
         ["message.size", "message.latency", "messages.seen"]
             .iter()
             .all(|name| points(name) as u64 == N)
@@ -122,7 +122,8 @@ fn metrics_arrive(protocol: OtlpProtocol) {
                     let bucket = usize::from(v > 100.0);
                     assert_eq!(p.bucket_counts[bucket], 1, "{p:?}");
                     assert_eq!(p.bucket_counts.iter().sum::<u64>(), 1, "{p:?}");
-                    assert!(p.time_unix_nano > 0);
+                    let at = p.time_unix_nano as f64 / 1e9;
+                    assert!((at - now).abs() < 60.0, "time {at}, sent at {now}");
                     assert!(attributes_json(&p.attributes)["type"].is_string());
                 }
             }

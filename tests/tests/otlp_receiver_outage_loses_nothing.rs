@@ -10,7 +10,7 @@ use std::{
 
 use tests::{
     assert_reconciled, attributes_json, json, send_json, totals, wait_until, Host, OtlpProtocol,
-    OtlpReceiver, Value,
+    OtlpReceiver, Value, DELIVERY_TIMEOUT,
 };
 
 /// How long a change of the stage's health may take to show (checks run every 200 ms).
@@ -59,7 +59,7 @@ fn arrived(receiver: &OtlpReceiver) -> usize {
 }
 
 fn wait_arrived(receiver: &OtlpReceiver, host: &Host, n: u64) {
-    let ok = wait_until(Duration::from_secs(30), || arrived(receiver) as u64 >= n);
+    let ok = wait_until(DELIVERY_TIMEOUT, || arrived(receiver) as u64 >= n);
     assert!(
         ok,
         "{} of {n} log records arrived; the host's log:\n{}",

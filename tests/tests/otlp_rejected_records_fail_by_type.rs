@@ -3,11 +3,9 @@
 //! summary and the monitor's counts. Records sent once the receiver accepts again are
 //! delivered. A partial success counts as delivered and is reported.
 
-use std::time::Duration;
-
 use tests::{
     assert_reconciled, json, send_json, stage, totals, wait_until, Answer, Host, OtlpProtocol,
-    OtlpReceiver, Value, PARTIAL_MESSAGE,
+    OtlpReceiver, Value, DELIVERY_TIMEOUT, PARTIAL_MESSAGE,
 };
 
 const REJECTED: u64 = 30;
@@ -64,7 +62,7 @@ fn rejected(protocol: OtlpProtocol) {
 
     receiver.answer(Answer::Accept);
     send_json(&host.endpoint, &messages(REJECTED, REJECTED + ACCEPTED));
-    let ok = wait_until(Duration::from_secs(30), || {
+    let ok = wait_until(DELIVERY_TIMEOUT, || {
         receiver.received().log_records().len() as u64 >= ACCEPTED
     });
     assert!(ok, "the accepted records did not arrive:\n{}", host.log());

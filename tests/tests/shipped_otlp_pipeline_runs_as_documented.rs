@@ -2,12 +2,12 @@
 //! kept records reach a gRPC OTLP receiver as log records (body, severity, time, the token
 //! header), and message-metrics' measurements reach an OTLP/HTTP receiver as metrics.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use tests::{
     any_to_json, assert_reconciled, free_endpoint, histogram_points, json, number_points,
     plugin_dir, send_json, totals, wait_until, workspace_dir, Host, OtlpProtocol, OtlpReceiver,
-    Value,
+    Value, DELIVERY_TIMEOUT,
 };
 
 #[test]
@@ -35,7 +35,7 @@ fn the_otlp_pipeline_sends_logs_and_metrics() {
         .map(|(i, level)| json!({ "level": level, "msg": format!("m{i}"), "sent_at": sent_at }))
         .collect();
     send_json(&endpoint, &messages);
-    let arrived = wait_until(Duration::from_secs(30), || {
+    let arrived = wait_until(DELIVERY_TIMEOUT, || {
         logs.received().log_records().len() == 3
             && metrics
                 .received()

@@ -9,7 +9,7 @@ use plugin_api::{HealthStatus, MetricKind};
 use super::{exposition::Exposition, server::ConnectionCounts, AdminState};
 use crate::monitor::{
     plugin::{family_name, SeriesValue, PLUGIN_BUCKETS},
-    process::ProcessMetrics,
+    process::{ProcessMetrics, PROCESS_FAMILIES},
 };
 
 /// Reads one count out of a stage's counts.
@@ -383,8 +383,7 @@ pub async fn render(state: &AdminState, connections: Option<ConnectionCounts>) -
     e.finish()
 }
 
-/// The standard process collector's families (names, units and help as the Prometheus
-/// clients write them), so dashboards made for any Prometheus-instrumented process work.
+/// The standard process collector's families.
 fn process(e: &mut Exposition) {
     let m = match ProcessMetrics::collect() {
         Ok(m) => m,
@@ -394,53 +393,10 @@ fn process(e: &mut Exposition) {
             return;
         }
     };
-    let families: [(&str, &str, &str, f64); 7] = [
-        (
-            "process_cpu_seconds_total",
-            "counter",
-            "Total user and system CPU time spent in seconds.",
-            m.cpu_seconds,
-        ),
-        (
-            "process_resident_memory_bytes",
-            "gauge",
-            "Resident memory size in bytes.",
-            m.resident_memory_bytes as f64,
-        ),
-        (
-            "process_virtual_memory_bytes",
-            "gauge",
-            "Virtual memory size in bytes.",
-            m.virtual_memory_bytes as f64,
-        ),
-        (
-            "process_open_fds",
-            "gauge",
-            "Number of open file descriptors.",
-            m.open_fds as f64,
-        ),
-        (
-            "process_max_fds",
-            "gauge",
-            "Maximum number of open file descriptors.",
-            m.max_fds as f64,
-        ),
-        (
-            "process_threads",
-            "gauge",
-            "Number of OS threads in the process.",
-            m.threads as f64,
-        ),
-        (
-            "process_start_time_seconds",
-            "gauge",
-            "Start time of the process since unix epoch in seconds.",
-            m.start_time_seconds,
-        ),
-    ];
-    for (name, kind, help, value) in families {
-        e.family(name, kind, help);
-        e.sample(name, &[], value);
+    for (family, value) in PROCESS_FAMILIES.iter().zip(m.values()) {
+        let kind = if family.counter { "counter" } else { "gauge" };
+        e.family(family.name, kind, family.help);
+        e.sample(family.name, &[], value);
     }
 }
 

@@ -29,7 +29,7 @@ use crate::{
     lock,
     monitor::{
         plugin::{family_name, SeriesValue},
-        process::ProcessMetrics,
+        process::{ProcessMetrics, PROCESS_FAMILIES},
         Monitor, Snapshot,
     },
 };
@@ -647,60 +647,16 @@ fn sources_and_observer(r: &Registrar<'_>) {
 /// The standard process collector's families, from [`ProcessMetrics::collect`] as on
 /// /metrics.
 fn process(r: &Registrar<'_>) {
-    r.f64_counter(
-        "process_cpu_seconds_total",
-        "s",
-        "Total user and system CPU time spent in seconds.",
-        |x, o| {
+    for (i, family) in PROCESS_FAMILIES.iter().enumerate() {
+        let observe = move |x: &Reading, o: &dyn AsyncInstrument<f64>| {
             if let Some(p) = &x.process {
-                o.observe(p.cpu_seconds, &[]);
+                o.observe(p.values()[i], &[]);
             }
-        },
-    );
-    type ValueOf = fn(&ProcessMetrics) -> f64;
-    let gauges: [(&'static str, &'static str, &'static str, ValueOf); 6] = [
-        (
-            "process_resident_memory_bytes",
-            "By",
-            "Resident memory size in bytes.",
-            |p| p.resident_memory_bytes as f64,
-        ),
-        (
-            "process_virtual_memory_bytes",
-            "By",
-            "Virtual memory size in bytes.",
-            |p| p.virtual_memory_bytes as f64,
-        ),
-        (
-            "process_open_fds",
-            "{file}",
-            "Number of open file descriptors.",
-            |p| p.open_fds as f64,
-        ),
-        (
-            "process_max_fds",
-            "{file}",
-            "Maximum number of open file descriptors.",
-            |p| p.max_fds as f64,
-        ),
-        (
-            "process_threads",
-            "{thread}",
-            "Number of OS threads in the process.",
-            |p| p.threads as f64,
-        ),
-        (
-            "process_start_time_seconds",
-            "s",
-            "Start time of the process since unix epoch in seconds.",
-            |p| p.start_time_seconds,
-        ),
-    ];
-    for (name, unit, help, get) in gauges {
-        r.gauge(name, unit, help, move |x, o| {
-            if let Some(p) = &x.process {
-                o.observe(get(p), &[]);
-            }
-        });
+        };
+        if family.counter {
+            r.f64_counter(family.name, family.unit, family.help, observe);
+        } else {
+            r.gauge(family.name, family.unit, family.help, observe);
+        }
     }
 }

@@ -155,8 +155,8 @@ impl OtlpConfig {
         }
     }
 
+    /// Checks what is particular to `otlp` (the SDK's queue checks `sending` itself).
     pub fn check(&self) -> Result<(), ConfigError> {
-        self.sending.check()?;
         if self.endpoint.trim().is_empty() {
             return Err(ConfigError::at("endpoint", "`endpoint` must not be empty"));
         }
