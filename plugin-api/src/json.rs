@@ -13,7 +13,7 @@
 //! with the same rules, except that serde's JSON reader hands integers beyond `u64` over as
 //! floats, so there they cannot be told from floats.
 
-use std::{cell::Cell, fmt};
+use std::fmt;
 
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
@@ -62,34 +62,16 @@ impl fmt::Display for JsonError {
 
 impl std::error::Error for JsonError {}
 
-/// The rules as the serde path applies them (a `Deserialize` of records, values and maps:
-/// stage configs, tests), and which one a parse broke.
-#[derive(Default)]
-struct Policy {
-    error: Cell<Option<JsonError>>,
+/// The serde path's refusal of an integer beyond `i64` (the scanner's is
+/// [`JsonError::NumberOutOfRange`]).
+fn integer<E: de::Error>(v: u64) -> Result<i64, E> {
+    i64::try_from(v).map_err(|_| E::custom(format_args!("integer {v} is outside i64")))
 }
 
-impl Policy {
-    fn fail<E: de::Error>(&self, kind: JsonError, message: fmt::Arguments<'_>) -> E {
-        self.error.set(Some(kind));
-        E::custom(message)
-    }
-
-    fn integer<E: de::Error>(&self, v: u64) -> Result<i64, E> {
-        i64::try_from(v).map_err(|_| {
-            self.fail(
-                JsonError::NumberOutOfRange,
-                format_args!("integer {v} is outside i64"),
-            )
-        })
-    }
-
-    fn duplicate<E: de::Error>(&self, key: &str) -> E {
-        self.fail(
-            JsonError::DuplicateKey,
-            format_args!("duplicate key `{key}`"),
-        )
-    }
+/// The serde path's refusal of a key given twice (the scanner's is
+/// [`JsonError::DuplicateKey`]).
+fn duplicate<E: de::Error>(key: &str) -> E {
+    E::custom(format_args!("duplicate key `{key}`"))
 }
 
 /// Objects with up to this many keys are checked for duplicates linearly (see [`KeyCheck`]).
@@ -162,7 +144,6 @@ fn traceparent(b: &TapeBuilder<'_>, key: (u32, u32), value_at: usize) -> Option<
 /// One value into the table, under `key`.
 struct TapeSeed<'s, 'b> {
     b: &'s mut TapeBuilder<'b>,
-    policy: &'s Policy,
     key: (u32, u32),
 }
 
@@ -200,7 +181,7 @@ impl<'de> Visitor<'de> for TapeSeed<'_, '_> {
         Ok(())
     }
     fn visit_u64<E: de::Error>(self, v: u64) -> Result<(), E> {
-        let v = self.policy.integer(v)?;
+        let v = integer(v)?;
         self.visit_i64(v)
     }
     fn visit_f64<E>(self, v: f64) -> Result<(), E> {
@@ -226,7 +207,6 @@ impl<'de> Visitor<'de> for TapeSeed<'_, '_> {
         while seq
             .next_element_seed(TapeSeed {
                 b: &mut *self.b,
-                policy: self.policy,
                 key: (0, 0),
             })?
             .is_some()
@@ -238,7 +218,7 @@ impl<'de> Visitor<'de> for TapeSeed<'_, '_> {
     }
     fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<(), A::Error> {
         let at = self.b.push(Entry::new(Entry::MAP, self.key, 0, 0));
-        let n = tape_fields(map, self.b, self.policy, None)?;
+        let n = tape_fields(map, self.b, None)?;
         self.b.close(at, n);
         Ok(())
     }
@@ -249,32 +229,25 @@ impl<'de> Visitor<'de> for TapeSeed<'_, '_> {
 fn tape_fields<'de, A: MapAccess<'de>>(
     mut map: A,
     b: &mut TapeBuilder<'_>,
-    policy: &Policy,
     mut trace: Option<&mut Option<TraceContext>>,
 ) -> Result<usize, A::Error> {
     let mut keys = KeyCheck::new();
     let mut n = 0;
     while let Some(key) = map.next_key_seed(KeySeed(&mut *b))? {
         if let Some(twice) = keys.add(key, b.bytes) {
-            return Err(policy.duplicate(&String::from_utf8_lossy(twice)));
+            return Err(duplicate(&String::from_utf8_lossy(twice)));
         }
         let value_at = b.entries.len();
-        map.next_value_seed(TapeSeed {
-            b: &mut *b,
-            policy,
-            key,
-        })?;
+        map.next_value_seed(TapeSeed { b: &mut *b, key })?;
         if let Some(trace) = trace.as_deref_mut() {
             if let Some(t) = traceparent(b, key, value_at) {
                 *trace = Some(t);
-            } else if &b.bytes[key.0 as usize..(key.0 + key.1) as usize] == b"traceparent" {
-                *trace = None;
             }
         }
         n += 1;
     }
     if let Some(twice) = keys.finish(b.bytes) {
-        return Err(policy.duplicate(&String::from_utf8_lossy(twice)));
+        return Err(duplicate(&String::from_utf8_lossy(twice)));
     }
     Ok(n)
 }
@@ -300,12 +273,11 @@ impl<'de> Visitor<'de> for KeySeed<'_, '_> {
 }
 
 /// A whole record: an object, into a fresh table (sized for `hint` bytes of text).
-struct RecordSeed<'p> {
-    policy: &'p Policy,
+struct RecordSeed {
     hint: usize,
 }
 
-impl<'de> Visitor<'de> for RecordSeed<'_> {
+impl<'de> Visitor<'de> for RecordSeed {
     type Value = Record;
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("a JSON object")
@@ -321,7 +293,6 @@ impl<'de> Visitor<'de> for RecordSeed<'_> {
                 entries: &mut entries,
                 bytes: &mut bytes,
             },
-            self.policy,
             Some(&mut trace),
         )?;
         let mut record = Record::from_tape(n, entries, bytes);
@@ -781,25 +752,22 @@ impl Scanner<'_, '_> {
 /// the host knows of the message is left for the host to fill in.
 impl<'de> Deserialize<'de> for Record {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_map(RecordSeed {
-            policy: &Policy::default(),
-            hint: 64,
-        })
+        d.deserialize_map(RecordSeed { hint: 64 })
     }
 }
 
 // ---- JSON into owned values (stage configs) ----
 
-struct ValueVisitor<'p>(&'p Policy);
+struct ValueVisitor;
 
-impl<'de> DeserializeSeed<'de> for ValueVisitor<'_> {
+impl<'de> DeserializeSeed<'de> for ValueVisitor {
     type Value = Value;
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
         d.deserialize_any(self)
     }
 }
 
-impl<'de> Visitor<'de> for ValueVisitor<'_> {
+impl<'de> Visitor<'de> for ValueVisitor {
     type Value = Value;
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
@@ -821,7 +789,7 @@ impl<'de> Visitor<'de> for ValueVisitor<'_> {
         Ok(Value::Int(v))
     }
     fn visit_u64<E: de::Error>(self, v: u64) -> Result<Value, E> {
-        self.0.integer(v).map(Value::Int)
+        integer(v).map(Value::Int)
     }
     fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
         Ok(Value::Float(v))
@@ -837,24 +805,24 @@ impl<'de> Visitor<'de> for ValueVisitor<'_> {
     }
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
         let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1024));
-        while let Some(v) = seq.next_element_seed(ValueVisitor(self.0))? {
+        while let Some(v) = seq.next_element_seed(ValueVisitor)? {
             items.push(v);
         }
         Ok(Value::List(items))
     }
     fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Value, A::Error> {
-        owned_fields(map, self.0).map(Value::Map)
+        owned_fields(map).map(Value::Map)
     }
 }
 
-fn owned_fields<'de, A: MapAccess<'de>>(mut map: A, policy: &Policy) -> Result<Map, A::Error> {
+fn owned_fields<'de, A: MapAccess<'de>>(mut map: A) -> Result<Map, A::Error> {
     let mut fields = Map::new();
     let mut seen = std::collections::HashSet::new();
     while let Some(key) = map.next_key::<String>()? {
         if !seen.insert(key.clone()) {
-            return Err(policy.duplicate(&key));
+            return Err(duplicate(&key));
         }
-        let value = map.next_value_seed(ValueVisitor(policy))?;
+        let value = map.next_value_seed(ValueVisitor)?;
         fields.push_unchecked(key, value);
     }
     Ok(fields)
@@ -863,7 +831,7 @@ fn owned_fields<'de, A: MapAccess<'de>>(mut map: A, policy: &Policy) -> Result<M
 /// Values read from any format (stage configs are JSON) under the same rules.
 impl<'de> Deserialize<'de> for Value {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        ValueVisitor(&Policy::default()).deserialize(d)
+        ValueVisitor.deserialize(d)
     }
 }
 
@@ -876,7 +844,7 @@ impl<'de> Deserialize<'de> for Map {
                 f.write_str("a map")
             }
             fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Map, A::Error> {
-                owned_fields(map, &Policy::default())
+                owned_fields(map)
             }
         }
         d.deserialize_map(MapVisitor)

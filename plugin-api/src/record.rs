@@ -517,8 +517,7 @@ impl Record {
     /// The top-level entry of `key`.
     #[inline]
     fn position(&self, key: &str) -> Option<usize> {
-        let tape = self.tape();
-        tape.children(0, self.len()).find(|&i| tape.key_is(i, key))
+        self.get(key).map(|v| v.at)
     }
 
     /// Replaces entries `at..at + 1 + subtree` with `with` (which keep their keys), in place.

@@ -434,9 +434,26 @@ impl PartialEq<Value> for ValueRef<'_> {
     }
 }
 
+/// Views compared in place, as [`PartialEq<Value>`] does (no copy).
 impl PartialEq for ValueRef<'_> {
     fn eq(&self, other: &ValueRef<'_>) -> bool {
-        *self == ValueRef::to_value(*other)
+        match (self.kind(), other.kind()) {
+            (ValueKind::Null, ValueKind::Null) => true,
+            (ValueKind::Bool(a), ValueKind::Bool(b)) => a == b,
+            (ValueKind::Int(a), ValueKind::Int(b)) => a == b,
+            (ValueKind::Float(a), ValueKind::Float(b)) => a == b,
+            (ValueKind::Str(a), ValueKind::Str(b)) => a == b,
+            (ValueKind::Bytes(a), ValueKind::Bytes(b)) => a == b,
+            (ValueKind::List(a), ValueKind::List(b)) => {
+                a.len() == b.len() && a.iter().zip(b.iter()).all(|(x, y)| x == y)
+            }
+            (ValueKind::Map(a), ValueKind::Map(b)) => {
+                a.len() == b.len() && a.iter().all(|(k, v)| b.get(k).is_some_and(|w| v == w))
+            }
+            // Kinds of a later release: as against an owned copy (rare).
+            (ValueKind::Unknown, ValueKind::Unknown) => *self == other.to_value(),
+            _ => false,
+        }
     }
 }
 
