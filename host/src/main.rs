@@ -222,16 +222,13 @@ fn run_on(runtime: &tokio::runtime::Runtime, cli: Cli) -> anyhow::Result<ExitCod
 /// output file takes a descriptor, and the soft limit processes usually start with (1024) is
 /// far below what the system allows. Not being able to is no reason not to run.
 fn raise_open_file_limit() {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
+    let mut limit = match host::monitor::process::open_file_limit() {
+        Ok(limit) => limit,
+        Err(error) => {
+            tracing::debug!(%error, "cannot read the open-file limit");
+            return;
+        }
     };
-    // SAFETY: getrlimit writes one `rlimit` to the pointer, which is valid for the call.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
-        let error = std::io::Error::last_os_error();
-        tracing::debug!(%error, "cannot read the open-file limit");
-        return;
-    }
     if limit.rlim_cur < limit.rlim_max {
         let raised = libc::rlimit {
             rlim_cur: limit.rlim_max,

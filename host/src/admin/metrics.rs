@@ -1,8 +1,6 @@
 //! The monitor, health and event bus, rendered as Prometheus metrics. Every name carries its
 //! unit and `_total` where it counts, and every family has HELP.
 
-use std::sync::atomic::Ordering::Relaxed;
-
 use hdrhistogram::Histogram;
 use plugin_api::{HealthStatus, MetricKind};
 
@@ -11,6 +9,7 @@ use crate::monitor::{
     plugin::{family_name, SeriesValue, PLUGIN_BUCKETS},
     process::{ProcessMetrics, PROCESS_FAMILIES},
 };
+use crate::telemetry::EXPORT_FAMILIES;
 
 /// Reads one count out of a stage's counts.
 type CountOf = fn(&crate::monitor::Counts) -> u64;
@@ -316,40 +315,11 @@ pub async fn render(state: &AdminState, connections: Option<ConnectionCounts>) -
         admin_connections(&mut e, &c);
     }
     if let Some(t) = &state.telemetry {
-        let (exported, failed) = (t.exported.load(Relaxed), t.failed.load(Relaxed));
-        e.family(
-            "host_otlp_exports_total",
-            "counter",
-            "Exports of the host's metrics over OTLP, whatever their outcome.",
-        );
-        e.sample("host_otlp_exports_total", &[], (exported + failed) as f64);
-        e.family(
-            "host_otlp_export_failures_total",
-            "counter",
-            "Exports of the host's metrics over OTLP that failed (receiver down, refused, timed out).",
-        );
-        e.sample("host_otlp_export_failures_total", &[], failed as f64);
-        if t.traces {
-            let (exported, failed) = (
-                t.span_batches_exported.load(Relaxed),
-                t.span_batches_failed.load(Relaxed),
-            );
-            e.family(
-                "host_otlp_span_exports_total",
-                "counter",
-                "Exports of span batches over OTLP (monitoring.otlp.traces), whatever their outcome.",
-            );
-            e.sample(
-                "host_otlp_span_exports_total",
-                &[],
-                (exported + failed) as f64,
-            );
-            e.family(
-                "host_otlp_span_export_failures_total",
-                "counter",
-                "Exports of span batches over OTLP that failed (their spans are lost).",
-            );
-            e.sample("host_otlp_span_export_failures_total", &[], failed as f64);
+        for ((name, help), value) in EXPORT_FAMILIES.iter().zip(t.values()) {
+            if let Some(value) = value {
+                e.family(name, "counter", help);
+                e.sample(name, &[], value as f64);
+            }
         }
     }
 

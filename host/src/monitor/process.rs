@@ -185,15 +185,20 @@ fn open_fds() -> Result<u64, ProcessMetricsError> {
 }
 
 fn max_fds() -> u64 {
+    open_file_limit().map_or(0, |limit| limit.rlim_cur)
+}
+
+/// The process's limit on open files (`RLIMIT_NOFILE`): the soft and the hard one.
+pub fn open_file_limit() -> io::Result<libc::rlimit> {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
     };
     // SAFETY: getrlimit writes one `rlimit` to the pointer, which is valid for the call.
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0 {
-        limit.rlim_cur
+        Ok(limit)
     } else {
-        0
+        Err(io::Error::last_os_error())
     }
 }
 

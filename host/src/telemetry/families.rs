@@ -22,7 +22,7 @@ use opentelemetry::{
     KeyValue,
 };
 
-use super::ExportStats;
+use super::{ExportStats, EXPORT_FAMILIES};
 use crate::{
     admin::LATENCY_BUCKETS,
     events::{BusHandle, BusStats},
@@ -42,9 +42,8 @@ pub(crate) struct Reading {
     dropped: BTreeMap<&'static str, u64>,
     bus: Option<BusStats>,
     process: Option<ProcessMetrics>,
-    exports: (u64, u64),
-    /// Span batches (exported, failed), when traces are on.
-    span_exports: Option<(u64, u64)>,
+    /// The values of [`EXPORT_FAMILIES`].
+    exports: [Option<u64>; 4],
     /// Plugin counters and gauges by family name (`host_plugin_...`): (attributes, value).
     plugins: HashMap<String, Vec<(Vec<KeyValue>, f64)>>,
 }
@@ -120,16 +119,7 @@ impl Source {
             dropped: self.monitor.plugins.dropped(),
             bus: self.bus.as_ref().map(|b| b.stats()),
             process: ProcessMetrics::collect().ok(),
-            exports: (
-                self.exports.exported.load(Relaxed),
-                self.exports.failed.load(Relaxed),
-            ),
-            span_exports: self.exports.traces.then(|| {
-                (
-                    self.exports.span_batches_exported.load(Relaxed),
-                    self.exports.span_batches_failed.load(Relaxed),
-                )
-            }),
+            exports: self.exports.values(),
         });
         *cache = Some((Instant::now(), reading.clone()));
         reading
@@ -432,38 +422,13 @@ fn pipeline(r: &Registrar<'_>) {
             }
         },
     );
-    r.counter(
-        "host_otlp_exports_total",
-        "{export}",
-        "Exports of the host's metrics over OTLP, whatever their outcome.",
-        |x, o| o.observe(x.exports.0 + x.exports.1, &[]),
-    );
-    r.counter(
-        "host_otlp_export_failures_total",
-        "{export}",
-        "Exports of the host's metrics over OTLP that failed (receiver down, refused, timed out).",
-        |x, o| o.observe(x.exports.1, &[]),
-    );
-    r.counter(
-        "host_otlp_span_exports_total",
-        "{export}",
-        "Exports of span batches over OTLP (monitoring.otlp.traces), whatever their outcome.",
-        |x, o| {
-            if let Some((exported, failed)) = x.span_exports {
-                o.observe(exported + failed, &[]);
+    for (i, (name, help)) in EXPORT_FAMILIES.iter().enumerate() {
+        r.counter(name, "{export}", help, move |x, o| {
+            if let Some(n) = x.exports[i] {
+                o.observe(n, &[]);
             }
-        },
-    );
-    r.counter(
-        "host_otlp_span_export_failures_total",
-        "{export}",
-        "Exports of span batches over OTLP that failed (their spans are lost).",
-        |x, o| {
-            if let Some((_, failed)) = x.span_exports {
-                o.observe(failed, &[]);
-            }
-        },
-    );
+        });
+    }
     // The event bus's families, present when a bus runs (as on /metrics).
     type BusCount = fn(&BusStats) -> u64;
     let bus: [(&'static str, &'static str, BusCount); 3] = [
