@@ -316,6 +316,13 @@ fn fanout_config(n: usize) -> anyhow::Result<PipelineConfig> {
     )?)
 }
 
+/// The round with the median p99.
+fn median_by_p99(mut rounds: Vec<(Run, LatencySummary)>) -> Option<(Run, LatencySummary)> {
+    rounds.sort_by(|a, b| a.1.p99.total_cmp(&b.1.p99));
+    let middle = rounds.len() / 2;
+    (!rounds.is_empty()).then(|| rounds.swap_remove(middle))
+}
+
 /// Runs the benchmark and prints the table.
 pub async fn run(opts: BenchOptions) -> anyhow::Result<()> {
     let out_dir = std::env::temp_dir().join(format!("host-bench-{}", std::process::id()));
@@ -332,6 +339,19 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<()> {
         .iter()
         .map(|m| Measured::new(format!("pipeline, monitoring {}", m.as_str())))
         .collect();
+    // A pipeline with a chain of stages (run on one thread) is measured with one thread per
+    // stage too, to show what fusing them does.
+    let has_chain = {
+        let cfg = load(&opts.pipeline, MonitoringMode::Direct)?;
+        cfg.stage_threads().len() < cfg.stages.len()
+    };
+    let unfused_cfg = || -> anyhow::Result<PipelineConfig> {
+        let mut cfg = load(&opts.pipeline, MonitoringMode::Direct)?;
+        cfg.runtime.fuse_chains = false;
+        Ok(cfg)
+    };
+    let mut unfused = has_chain.then(|| Measured::new("pipeline, one thread per stage"));
+    let mut unfused_latencies = Vec::new();
     let mut fan_one = Measured::new("fan-out to 1 null exporter");
     let mut fan_n = Measured::new(format!("fan-out to {} null exporters", opts.fanout));
     let mut latencies = Vec::new();
@@ -341,6 +361,12 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<()> {
         for (i, mode) in opts.modes.iter().enumerate() {
             let cfg = load(&opts.pipeline, *mode)?;
             modes[i].runs.push(pipeline(cfg, opts.count, None).await?.0);
+            let _ = std::fs::remove_dir_all(&out_dir);
+        }
+        if let Some(unfused) = &mut unfused {
+            unfused
+                .runs
+                .push(pipeline(unfused_cfg()?, opts.count, None).await?.0);
             let _ = std::fs::remove_dir_all(&out_dir);
         }
         fan_one
@@ -356,6 +382,9 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<()> {
         let paced = opts.latency_rate.max(1000);
         let (run, latency) = pipeline(cfg, paced, Some(paced)).await?;
         latencies.push((run, latency));
+        if has_chain {
+            unfused_latencies.push(pipeline(unfused_cfg()?, paced, Some(paced)).await?);
+        }
         let _ = std::fs::remove_dir_all(&out_dir);
         eprintln!("round {}/{} done", round + 1, opts.rounds);
     }
@@ -376,6 +405,7 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<()> {
     for m in std::iter::once(&raw_z)
         .chain(std::iter::once(&raw_h))
         .chain(&modes)
+        .chain(&unfused)
         .chain([&fan_one, &fan_n])
     {
         println!(
@@ -406,17 +436,29 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<()> {
             }
         }
     }
+    let direct = opts.modes.iter().position(|m| *m == MonitoringMode::Direct);
+    if let (Some(unfused), Some(direct)) = (&unfused, direct) {
+        println!(
+            "ratio chains on one thread / one thread per stage: {:.3} (cpu {:.3})",
+            modes[direct].rate() / unfused.rate(),
+            modes[direct].cpu_us() / unfused.cpu_us()
+        );
+    }
     println!(
         "ratio fan-out {} / 1: {:.3}",
         opts.fanout,
         fan_n.rate() / fan_one.rate()
     );
-    latencies.sort_by(|a, b| a.1.p99.total_cmp(&b.1.p99));
-    if let Some((run, latency)) = latencies.get(latencies.len() / 2) {
-        println!(
-            "ingest -> delivery at {} msg/s offered (pipeline direct, took {:.0} msg/s): p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms",
-            opts.latency_rate, run.rate, latency.p50, latency.p99, latency.max
-        );
+    for (latencies, how) in [
+        (latencies, "pipeline direct"),
+        (unfused_latencies, "one thread per stage"),
+    ] {
+        if let Some((run, latency)) = median_by_p99(latencies) {
+            println!(
+                "ingest -> delivery at {} msg/s offered ({how}, took {:.0} msg/s): p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms",
+                opts.latency_rate, run.rate, latency.p50, latency.p99, latency.max
+            );
+        }
     }
     let _ = std::fs::remove_dir_all(&out_dir);
     Ok(())

@@ -68,17 +68,12 @@ impl CallMarker {
         }
     }
 
-    /// Binds the slot to the calling thread (the stage's worker), so a crash on this thread
-    /// names this stage first.
-    pub fn bind_thread(&self) {
-        if let Some(slot) = self.slot {
-            THIS_THREAD.with(|t| t.set(slot));
-        }
-    }
-
+    /// The stage is in a call on the calling thread: a crash on this thread names it first
+    /// (a worker may run several stages, see `topology::worker`).
     #[inline]
     pub fn enter(&self) {
         if let Some(slot) = self.slot {
+            THIS_THREAD.with(|t| t.set(slot));
             IN_CALL[slot].store(self.site, Ordering::Release);
         }
     }

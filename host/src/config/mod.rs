@@ -224,6 +224,11 @@ pub struct RuntimeConfig {
     /// background) to be settled; what is still unsettled then fails as `drain_timeout`.
     #[serde(default = "default_drain_timeout", with = "humantime_serde")]
     pub drain_timeout: Duration,
+    /// Runs each linear chain of stages (every one the only consumer of the one before, which
+    /// is its only input) on one thread, calling them one after the other, instead of one
+    /// thread per stage with a queue between them.
+    #[serde(default = "default_fuse_chains")]
+    pub fuse_chains: bool,
 }
 
 fn default_queue_capacity() -> usize {
@@ -235,6 +240,9 @@ fn default_max_in_flight() -> usize {
 fn default_drain_timeout() -> Duration {
     Duration::from_secs(30)
 }
+fn default_fuse_chains() -> bool {
+    true
+}
 
 impl Default for RuntimeConfig {
     fn default() -> Self {
@@ -242,6 +250,7 @@ impl Default for RuntimeConfig {
             queue_capacity: default_queue_capacity(),
             max_in_flight: default_max_in_flight(),
             drain_timeout: default_drain_timeout(),
+            fuse_chains: default_fuse_chains(),
         }
     }
 }
@@ -872,6 +881,48 @@ impl PipelineConfig {
             .map_err(|e| self.diagnostic(at, format!("config cannot be handed to the plugin: {e}")))
     }
 
+    /// The stages grouped by the thread that runs them, each group in data-flow order: a
+    /// linear chain (each stage the only consumer of the one before, which is its only input,
+    /// and no target of `monitoring.export_to`) is one group when `runtime.fuse_chains` is on;
+    /// every other stage is a group of its own. Groups follow the file order of their first
+    /// stage.
+    pub fn stage_threads(&self) -> Vec<Vec<&str>> {
+        let fused_into: HashSet<&str> = self
+            .stages
+            .keys()
+            .filter_map(|n| self.fused_after(n))
+            .collect();
+        let mut groups = Vec::new();
+        for name in self.stages.keys() {
+            if fused_into.contains(name.as_str()) {
+                continue;
+            }
+            let mut group = vec![name.as_str()];
+            // Bounded: a cycle (refused by `check`) cannot make it loop.
+            while let Some(next) = self.fused_after(group[group.len() - 1]) {
+                if group.len() == self.stages.len() {
+                    break;
+                }
+                group.push(next);
+            }
+            groups.push(group);
+        }
+        groups
+    }
+
+    /// The stage that runs right after `name` on its thread, in a fused chain.
+    fn fused_after<'a>(&'a self, name: &'a str) -> Option<&'a str> {
+        if !self.runtime.fuse_chains {
+            return None;
+        }
+        let mut consumers = self.consumers_of(name);
+        let next = consumers.next()?;
+        let only = consumers.next().is_none()
+            && self.stages[next].inputs.len() == 1
+            && !self.monitoring.export_to.iter().any(|t| t == next);
+        only.then_some(next)
+    }
+
     /// The names of the stages that take `name`'s output, in file order.
     pub fn consumers_of<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
         self.stages
@@ -897,6 +948,39 @@ mod tests {
     }
 
     const GOOD: &str = "sources:\n  in: { type: zmq, socket: pull, bind: \"tcp://127.0.0.1:1\" }\nstages:\n  a: { plugin: passthrough, inputs: [in] }\n  b: { plugin: null, inputs: [a] }\n";
+
+    #[test]
+    fn linear_chains_share_a_thread_and_nothing_else_does() {
+        let text = "sources:\n  in: { type: zmq, socket: pull, bind: \"tcp://127.0.0.1:1\" }
+stages:
+  a: { plugin: passthrough, inputs: [in] }
+  b: { plugin: passthrough, inputs: [a] }
+  c: { plugin: passthrough, inputs: [b] }
+  d: { plugin: passthrough, inputs: [b] }
+  h: { plugin: null, inputs: [c, d] }
+  e: { plugin: passthrough, inputs: [in] }
+  f: { plugin: passthrough, inputs: [e] }
+  m: { plugin: null, inputs: [f] }
+  w: { plugin: null, inputs: [] }
+monitoring: { export_to: [m, w] }
+";
+        let mut cfg = parse(text).unwrap();
+        // b has two consumers, h two inputs, m also takes the monitor's windows.
+        assert_eq!(
+            cfg.stage_threads(),
+            [
+                vec!["a", "b"],
+                vec!["c"],
+                vec!["d"],
+                vec!["h"],
+                vec!["e", "f"],
+                vec!["m"],
+                vec!["w"]
+            ]
+        );
+        cfg.runtime.fuse_chains = false;
+        assert_eq!(cfg.stage_threads().len(), cfg.stages.len());
+    }
 
     #[test]
     fn a_good_file_parses_with_defaults() {

@@ -9,6 +9,7 @@ mod probe;
 mod worker;
 
 use std::{
+    collections::HashMap,
     net::SocketAddr,
     sync::{atomic::AtomicU64, Arc},
     time::Duration,
@@ -31,8 +32,8 @@ use crate::{
     source::zmq::{SourceError, ZmqSource},
     telemetry::{Telemetry, TelemetryError},
 };
-use probe::StageProbe;
-use worker::Worker;
+use probe::{StageProbe, WorkerThread};
+use worker::{Worker, WorkerStage};
 
 /// Every problem with the pipeline's stages that the registry can tell: unknown stage types
 /// and configs the stages reject. Builds nothing.
@@ -164,6 +165,14 @@ pub fn build_topology(cfg: PipelineConfig, registry: &Registry) -> Result<Topolo
     }
     // Made before any stage, so that metrics a stage records while it is built are kept.
     let plugin_metrics = Arc::new(PluginMetrics::default());
+    let threads: HashMap<&str, Arc<WorkerThread>> = cfg
+        .stage_threads()
+        .into_iter()
+        .flat_map(|group| {
+            let thread = Arc::new(WorkerThread::default());
+            group.into_iter().map(move |name| (name, thread.clone()))
+        })
+        .collect();
     let mut stages = Vec::with_capacity(cfg.stages.len());
     let mut errors = Vec::new();
     for (name, stage_cfg) in &cfg.stages {
@@ -177,7 +186,10 @@ pub fn build_topology(cfg: PipelineConfig, registry: &Registry) -> Result<Topolo
                 name: name.clone(),
                 kind: ty.kind,
                 stage,
-                probe: Arc::new(StageProbe::new(CallMarker::new(name, &ty.origin()))),
+                probe: Arc::new(StageProbe::new(
+                    CallMarker::new(name, &ty.origin()),
+                    threads[name.as_str()].clone(),
+                )),
                 stats: Arc::new(StageStats::new(name, &stage_cfg.plugin, ty.kind)),
             }),
             Err(e) => errors.push(cfg.diagnostic(
@@ -330,8 +342,8 @@ impl Topology {
         };
 
         let capacity = cfg.runtime.queue_capacity;
-        let mut senders = std::collections::HashMap::new();
-        let mut receivers = std::collections::HashMap::new();
+        let mut senders = HashMap::new();
+        let mut receivers = HashMap::new();
         for name in cfg.stages.keys() {
             let (tx, rx) = mpsc::channel(capacity);
             senders.insert(name.clone(), tx);
@@ -361,49 +373,61 @@ impl Topology {
         let runtime = tokio::runtime::Handle::current();
         let mut workers = Vec::new();
         let mut health_components = Vec::new();
-        for built in self.stages {
-            let observed = match (&bus, mode, &observer_feed) {
-                (_, MonitoringMode::Disabled, _) | (None, _, _) => Mode::Disabled,
-                (Some(_), MonitoringMode::Custom, Some(feed)) => {
-                    Mode::Custom(built.stats.clone(), feed.clone())
-                }
-                (Some(_), MonitoringMode::Direct | MonitoringMode::Custom, _) => {
-                    Mode::Direct(built.stats.clone())
-                }
-                (Some(bus), MonitoringMode::EventDriven, _) => Mode::EventDriven(Arc::new(
-                    EventDriven::new(&built.name, instance.clone(), bus.clone()),
-                )),
-            };
-            let tracer = telemetry.as_ref().and_then(|t| t.stage_tracer(&built.name));
-            let coordinator = Coordinator::new(observed, tracer);
-            health_components.push(observe::stage_check(
-                &built.name,
-                built.kind,
-                built.probe.clone(),
-                built.stats.clone(),
-                &monitoring.health,
-            ));
+        let mut built_stages: HashMap<String, BuiltStage> = self
+            .stages
+            .into_iter()
+            .map(|b| (b.name.clone(), b))
+            .collect();
+        for group in cfg.stage_threads() {
+            let mut stages = Vec::with_capacity(group.len());
+            for name in &group {
+                let built = built_stages.remove(*name).expect("every stage once");
+                let observed = match (&bus, mode, &observer_feed) {
+                    (_, MonitoringMode::Disabled, _) | (None, _, _) => Mode::Disabled,
+                    (Some(_), MonitoringMode::Custom, Some(feed)) => {
+                        Mode::Custom(built.stats.clone(), feed.clone())
+                    }
+                    (Some(_), MonitoringMode::Direct | MonitoringMode::Custom, _) => {
+                        Mode::Direct(built.stats.clone())
+                    }
+                    (Some(bus), MonitoringMode::EventDriven, _) => Mode::EventDriven(Arc::new(
+                        EventDriven::new(&built.name, instance.clone(), bus.clone()),
+                    )),
+                };
+                let tracer = telemetry.as_ref().and_then(|t| t.stage_tracer(&built.name));
+                health_components.push(observe::stage_check(
+                    &built.name,
+                    built.kind,
+                    built.probe.clone(),
+                    built.stats.clone(),
+                    &monitoring.health,
+                ));
+                stages.push(WorkerStage {
+                    name: built.name,
+                    kind: built.kind,
+                    stage: built.stage,
+                    probe: built.probe,
+                    coordinator: Coordinator::new(observed, tracer),
+                    stats: built.stats,
+                });
+            }
+            let (first, last) = (group[0], group[group.len() - 1]);
             let worker = Worker {
-                outputs: outputs_of(&built.name),
-                input: receivers.remove(&built.name).expect("one queue per stage"),
-                name: built.name.clone(),
-                kind: built.kind,
-                stage: built.stage,
-                probe: built.probe,
-                coordinator,
-                stats: built.stats,
+                stages,
                 type_field: type_field.clone(),
+                input: receivers.remove(first).expect("one queue per stage"),
+                outputs: outputs_of(last),
                 finish: finish_rx.clone(),
                 runtime: runtime.clone(),
             };
             let handle = std::thread::Builder::new()
-                .name(format!("stage-{}", built.name))
+                .name(format!("stage-{first}"))
                 .spawn(move || worker.run())
                 .map_err(|source| StartError::Thread {
-                    stage: built.name.clone(),
+                    stage: first.to_owned(),
                     source,
                 })?;
-            workers.push((built.name, handle));
+            workers.push((group.join("+"), handle));
         }
         // The workers hold the feed now: the observer's thread ends when the last one does.
         drop(observer_feed);
@@ -478,12 +502,13 @@ impl Topology {
             )));
         }
 
-        let counts = (workers.len(), sources.len());
+        let counts = (cfg.stages.len(), sources.len());
         if let Some(bus) = &bus {
             publish_lifecycle(bus.as_ref(), &instance, EventKind::PipelineStarted, counts);
         }
         tracing::info!(
             stages = counts.0,
+            stage_threads = workers.len(),
             sources = counts.1,
             mode = mode.as_str(),
             "pipeline started"

@@ -1,8 +1,17 @@
-//! One stage's worker: takes batches from its queue, calls the stage, settles what the stage
+//! A stage worker: takes batches from its queue, calls its stage, settles what the stage
 //! decided, and passes the rest on. Runs on its own thread: stage calls are synchronous and
 //! may block (an exporter writing a file) without stalling the async runtime. The worker owns
 //! its stage: nothing else calls it, so no lock is taken per batch, and health checks are
 //! answered by the worker between calls (see [`StageProbe`]).
+//!
+//! A worker may run a linear chain of stages (`runtime.fuse_chains`, see
+//! `PipelineConfig::stage_threads`): it calls each stage with the output of the one before,
+//! on the same thread, with no queue between them. A record then stays in one core's cache
+//! from the first stage of the chain to the last, with no hand-off to another thread (and
+//! the cache misses of one) per hop. A stage of the chain that is not ready keeps the
+//! output of the one before waiting (the chain takes no new batch meanwhile), as a full queue
+//! would. Everything else (ticks, retries, health answers, the drain) is per stage, as it is
+//! for a worker of one.
 //!
 //! A stage may take records for later (acknowledged delivery). The worker hands each call an
 //! acknowledgement handle ([`HostAck`]) that settles them from any thread, and takes back
@@ -11,6 +20,7 @@
 //! so that a retry can still be called and its output still flows downstream.
 
 use std::{
+    collections::VecDeque,
     sync::{
         atomic::{
             AtomicI64,
@@ -26,9 +36,9 @@ use abi_stable::{
     std_types::{RArc, RErr, ROk, RSlice, RVec},
 };
 use plugin_api::{Batch, BatchOutput, FfiAck, FfiAck_TO, Record, StageBox, StageError, StageKind};
-use tokio::sync::{mpsc, watch, Notify};
+use tokio::sync::{mpsc, watch};
 
-use super::probe::StageProbe;
+use super::probe::{StageProbe, WorkerThread};
 use crate::{
     accounting::{Envelope, Lineage, DRAIN_TIMEOUT},
     clock::unix_ns,
@@ -52,8 +62,8 @@ pub struct StageAcks {
     /// `None` when monitoring is disabled: then settlements count for the messages only.
     stats: Option<Arc<StageStats>>,
     retries: std_mpsc::Sender<Retry>,
-    /// Wakes the worker: a retry arrived, or everything taken has been settled.
-    wake: Notify,
+    /// Woken when a retry arrives, or everything taken has been settled.
+    thread: Arc<WorkerThread>,
 }
 
 /// The host's side of one call's deferrals (see `plugin_api::FfiAck`).
@@ -68,7 +78,7 @@ impl HostAck {
         // Release: a worker that sees the count fall also sees a retry sent before it.
         let left = self.acks.outstanding.fetch_sub(n as i64, AcqRel) - n as i64;
         if left <= 0 {
-            self.acks.wake.notify_one();
+            self.acks.thread.wake();
         }
     }
 }
@@ -125,11 +135,12 @@ impl FfiAck for HostAck {
         self.settled(n);
         // `settled` wakes the worker only when nothing is left outstanding; a retry must
         // wake it even while the stage holds other records.
-        self.acks.wake.notify_one();
+        self.acks.thread.wake();
     }
 }
 
-pub struct Worker {
+/// One stage a worker runs.
+pub struct WorkerStage {
     pub name: String,
     pub kind: StageKind,
     pub stage: StageBox,
@@ -138,9 +149,16 @@ pub struct Worker {
     /// Observes (and traces) the calls.
     pub coordinator: Coordinator,
     pub stats: Arc<StageStats>,
+}
+
+pub struct Worker {
+    /// One stage, or a chain: each takes the output of the one before.
+    pub stages: Vec<WorkerStage>,
     /// The field whose values are counted per stage (`monitoring.type_field`).
     pub type_field: Arc<str>,
+    /// The first stage's input.
     pub input: mpsc::Receiver<Envelope>,
+    /// Where the last stage's output goes.
     pub outputs: Vec<mpsc::Sender<Envelope>>,
     /// Turns true when the drain timeout ends: stop, failing what is still queued.
     pub finish: watch::Receiver<bool>,
@@ -155,237 +173,383 @@ const READY_POLL: Duration = Duration::from_millis(2);
 enum Wake {
     Batch(Envelope),
     InputClosed,
-    Health,
-    Acks,
-    Timer,
+    /// A health request, a settlement or a retry, a timer: look at everything again.
+    Look,
     Finish,
 }
 
-/// What a worker needs besides its stage, built once at its start.
-struct Running {
+/// What a worker keeps for one of its stages while it runs.
+struct Slot {
+    stage: WorkerStage,
+    /// Entered around every call, so that what is logged in it names the stage (see
+    /// `logging`); for a worker of one stage, entered for the thread's whole life instead.
+    span: tracing::Span,
     acks: Arc<StageAcks>,
     retries: std_mpsc::Receiver<Retry>,
     delayed: Vec<Retry>,
     next_tick: Option<Instant>,
-    /// Exporters deliver what they keep; so does any stage nobody reads from.
+    /// Exporters deliver what they keep; so does a last stage nobody reads from.
     delivers: bool,
+    /// The output of the stage before, waiting for this one to be ready (chains only).
+    waiting: VecDeque<Envelope>,
+    flushed: bool,
+}
+
+/// What a running worker has.
+struct Running {
+    slots: Vec<Slot>,
     /// Data types and ingest-to-delivery latency are observation too: none when disabled.
     observed: bool,
+    type_field: Arc<str>,
+    input: mpsc::Receiver<Envelope>,
+    input_open: bool,
+    outputs: Vec<mpsc::Sender<Envelope>>,
+    finish: watch::Receiver<bool>,
+    runtime: tokio::runtime::Handle,
+}
+
+/// How far the drain at the end of the input has come.
+enum Drain {
+    /// Not there yet: input or work is still coming.
+    Going,
+    /// A stage was flushed: look again.
+    Flushed,
+    /// Every stage is done.
+    Done,
 }
 
 impl Worker {
-    /// Runs until the input has ended and everything the stage took for later is settled,
+    /// Runs until the input has ended and everything the stages took for later is settled,
     /// or until the drain timeout ends.
-    pub fn run(mut self) {
-        // For the thread's whole life: whatever is logged here, by the host or the plugin,
-        // names the stage (see `logging`).
-        let _span = crate::logging::stage_span(&self.name).entered();
-        self.probe.bind_thread();
-        let observed = self.coordinator.is_enabled();
-        let (retry_tx, retry_rx) = std_mpsc::channel();
+    pub fn run(self) {
+        let observed = self.stages.iter().any(|s| s.coordinator.is_enabled());
+        let last = self.stages.len() - 1;
+        let has_outputs = !self.outputs.is_empty();
+        let single = self.stages.len() == 1;
+        // A worker of one stage names it for the thread's whole life; a chain names each
+        // stage around its calls.
+        let _span = single.then(|| crate::logging::stage_span(&self.stages[0].name).entered());
+        let slots = self
+            .stages
+            .into_iter()
+            .enumerate()
+            .map(|(i, stage)| {
+                let (retry_tx, retry_rx) = std_mpsc::channel();
+                Slot {
+                    span: if single {
+                        tracing::Span::none()
+                    } else {
+                        crate::logging::stage_span(&stage.name)
+                    },
+                    acks: Arc::new(StageAcks {
+                        outstanding: AtomicI64::new(0),
+                        stats: stage.coordinator.is_enabled().then(|| stage.stats.clone()),
+                        retries: retry_tx,
+                        thread: stage.probe.thread().clone(),
+                    }),
+                    retries: retry_rx,
+                    delayed: Vec::new(),
+                    next_tick: None,
+                    delivers: stage.kind == StageKind::Exporter || (i == last && !has_outputs),
+                    waiting: VecDeque::new(),
+                    flushed: false,
+                    stage,
+                }
+            })
+            .collect();
         let mut run = Running {
-            acks: Arc::new(StageAcks {
-                outstanding: AtomicI64::new(0),
-                stats: observed.then(|| self.stats.clone()),
-                retries: retry_tx,
-                wake: Notify::new(),
-            }),
-            retries: retry_rx,
-            delayed: Vec::new(),
-            next_tick: None,
-            delivers: self.kind == StageKind::Exporter || self.outputs.is_empty(),
+            slots,
             observed,
+            type_field: self.type_field,
+            input: self.input,
+            input_open: true,
+            outputs: self.outputs,
+            finish: self.finish,
+            runtime: self.runtime,
         };
-        self.tick(&mut run);
-        let mut input_open = true;
-        let mut flushed = false;
+        run.run();
+    }
+}
+
+impl Running {
+    fn run(&mut self) {
+        for i in 0..self.slots.len() {
+            self.tick(i);
+        }
         loop {
             if *self.finish.borrow() {
-                self.abandon(&mut run, input_open);
+                self.abandon();
                 break;
             }
-            if self.probe.take_request() {
-                self.answer_health();
+            if let Some(i) = self.slots.iter().position(|s| s.stage.probe.take_request()) {
+                self.answer_health(i);
                 continue;
             }
-            run.delayed.extend(run.retries.try_iter());
-            let now = Instant::now();
+            for slot in &mut self.slots {
+                slot.delayed.extend(slot.retries.try_iter());
+            }
+            if self.step(Instant::now()) {
+                continue;
+            }
             // A stage that cannot take a batch now (its own buffer is full) is asked again
-            // shortly; meanwhile batches wait in its queue and the pipeline slows down.
-            let ready = self.ready();
-            let due = run
+            // shortly; meanwhile batches wait in the queue and the pipeline slows down. So
+            // does a chain with a batch still waiting between two of its stages.
+            let take_input =
+                self.input_open && self.slots.iter().all(|s| s.waiting.is_empty()) && self.ready(0);
+            if take_input {
+                match self.input.try_recv() {
+                    Ok(envelope) => {
+                        self.handle(0, envelope);
+                        continue;
+                    }
+                    Err(mpsc::error::TryRecvError::Disconnected) => self.input_open = false,
+                    Err(mpsc::error::TryRecvError::Empty) => {}
+                }
+            }
+            match self.drain() {
+                Drain::Going => {}
+                Drain::Flushed => continue,
+                Drain::Done => break,
+            }
+            match self.wait(take_input) {
+                Wake::Batch(envelope) => self.handle(0, envelope),
+                Wake::InputClosed => self.input_open = false,
+                Wake::Look => {}
+                Wake::Finish => {
+                    self.abandon();
+                    break;
+                }
+            }
+        }
+        tracing::debug!(stage = %self.slots[0].stage.name, stages = self.slots.len(), "worker drained");
+    }
+
+    /// Does one thing that is due, the last stage first (it frees the most): a batch waiting
+    /// between stages, a retry, a tick. False when nothing was.
+    fn step(&mut self, now: Instant) -> bool {
+        for i in (0..self.slots.len()).rev() {
+            if !self.slots[i].waiting.is_empty() && self.ready(i) {
+                let envelope = self.slots[i].waiting.pop_front().expect("not empty");
+                self.handle(i, envelope);
+                return true;
+            }
+            let due = self.slots[i]
                 .delayed
                 .iter()
                 .enumerate()
                 .filter(|(_, r)| r.due <= now)
                 .min_by_key(|(_, r)| r.due)
                 .map(|(i, _)| i);
-            if let (true, Some(i)) = (ready, due) {
-                // In the order they came due: records handed back keep their order.
-                let Retry {
-                    records, lineage, ..
-                } = run.delayed.remove(i);
-                let ids: Vec<u64> = records.iter().map(Record::id).collect();
-                self.handle(&mut run, Envelope::new(records, lineage.clone()));
-                // Pending until now, so that no drain timeout could find them neither held
-                // nor delivered; the call has settled them or taken them again.
-                for id in ids {
-                    lineage.undeferred(id);
-                }
-                continue;
-            }
-            if run.next_tick.is_some_and(|t| t <= now) {
-                self.tick(&mut run);
-                continue;
-            }
-            if input_open && ready {
-                match self.input.try_recv() {
-                    Ok(envelope) => {
-                        self.handle(&mut run, envelope);
-                        continue;
+            if let Some(d) = due {
+                if self.ready(i) {
+                    // In the order they came due: records handed back keep their order.
+                    let Retry {
+                        records, lineage, ..
+                    } = self.slots[i].delayed.remove(d);
+                    let ids: Vec<u64> = records.iter().map(Record::id).collect();
+                    self.handle(i, Envelope::new(records, lineage.clone()));
+                    // Pending until now, so that no drain timeout could find them neither
+                    // held nor delivered; the call has settled them or taken them again.
+                    for id in ids {
+                        lineage.undeferred(id);
                     }
-                    Err(mpsc::error::TryRecvError::Disconnected) => input_open = false,
-                    Err(mpsc::error::TryRecvError::Empty) => {}
+                    return true;
                 }
             }
-            if !input_open {
-                if !flushed {
-                    self.flush();
-                    flushed = true;
-                    continue;
-                }
-                // Read before looking for retries again: a stage hands records back before
-                // they count as settled, so none can slip between the two.
-                let outstanding = run.acks.outstanding.load(Acquire);
-                run.delayed.extend(run.retries.try_iter());
-                if outstanding <= 0 && run.delayed.is_empty() {
-                    break;
-                }
-            }
-            match self.wait(&run, input_open, ready) {
-                Wake::Batch(envelope) => self.handle(&mut run, envelope),
-                Wake::InputClosed => input_open = false,
-                Wake::Health => self.answer_health(),
-                Wake::Acks | Wake::Timer => {}
-                Wake::Finish => {
-                    self.abandon(&mut run, input_open);
-                    break;
-                }
+            if self.slots[i].next_tick.is_some_and(|t| t <= now) {
+                self.tick(i);
+                return true;
             }
         }
-        tracing::debug!(stage = %self.name, "stage drained");
+        false
     }
 
-    /// Waits for the next thing to do: a batch (when the stage is ready for one), a health
-    /// request, a settlement or retry, the next tick or retry coming due, the time to ask a
-    /// stage that was not ready again, or the end of the drain timeout.
-    fn wait(&mut self, run: &Running, input_open: bool, ready: bool) -> Wake {
-        let ask_again = (!ready).then(|| Instant::now() + READY_POLL);
-        let due = run
-            .delayed
-            .iter()
-            .map(|r| r.due)
-            .chain(run.next_tick)
-            .chain(ask_again)
-            .min()
-            .map(tokio::time::Instant::from_std);
-        let input_open = input_open && ready;
-        let (input, probe, acks, finish) =
-            (&mut self.input, &self.probe, &run.acks, &mut self.finish);
+    /// After the input has ended: flushes each stage once everything before it is done, and
+    /// says when the last one is (the input ended, nothing is waiting or taken for later).
+    fn drain(&mut self) -> Drain {
+        let mut upstream_done = !self.input_open;
+        for i in 0..self.slots.len() {
+            if !upstream_done || !self.slots[i].waiting.is_empty() {
+                return Drain::Going;
+            }
+            if !self.slots[i].flushed {
+                self.flush(i);
+                self.slots[i].flushed = true;
+                return Drain::Flushed;
+            }
+            let slot = &mut self.slots[i];
+            // Read before looking for retries again: a stage hands records back before they
+            // count as settled, so none can slip between the two.
+            let outstanding = slot.acks.outstanding.load(Acquire);
+            slot.delayed.extend(slot.retries.try_iter());
+            upstream_done = outstanding <= 0 && slot.delayed.is_empty();
+        }
+        if upstream_done {
+            Drain::Done
+        } else {
+            Drain::Going
+        }
+    }
+
+    /// Waits for the next thing to do: a batch (when `take_input`), a health request, a
+    /// settlement or retry, the next tick or retry coming due, the time to ask a stage that
+    /// was not ready again, or the end of the drain timeout.
+    fn wait(&mut self, take_input: bool) -> Wake {
+        let now = Instant::now();
+        let ask_again = now + READY_POLL;
+        let mut due: Option<Instant> = None;
+        let mut at = |t: Instant| due = Some(due.map_or(t, |d| d.min(t)));
+        for slot in &self.slots {
+            // Due already: its stage was not ready for it (see `step`).
+            for r in &slot.delayed {
+                at(if r.due <= now { ask_again } else { r.due });
+            }
+            if let Some(t) = slot.next_tick {
+                at(t);
+            }
+            if !slot.waiting.is_empty() {
+                at(ask_again);
+            }
+        }
+        if self.input_open && !take_input {
+            at(ask_again);
+        }
+        let due = due.map(tokio::time::Instant::from_std);
+        let thread = self.slots[0].stage.probe.thread().clone();
+        let (input, finish) = (&mut self.input, &mut self.finish);
         self.runtime.block_on(async {
             tokio::select! {
                 biased;
                 changed = finish.changed() => match changed {
-                    Ok(()) if !*finish.borrow() => Wake::Timer,
+                    Ok(()) if !*finish.borrow() => Wake::Look,
                     _ => Wake::Finish,
                 },
-                () = probe.requested() => Wake::Health,
-                envelope = input.recv(), if input_open => match envelope {
+                () = thread.woken() => Wake::Look,
+                envelope = input.recv(), if take_input => match envelope {
                     Some(envelope) => Wake::Batch(envelope),
                     None => Wake::InputClosed,
                 },
-                () = acks.wake.notified() => Wake::Acks,
                 () = async {
                     match due {
                         Some(at) => tokio::time::sleep_until(at).await,
                         None => std::future::pending().await,
                     }
-                } => Wake::Timer,
+                } => Wake::Look,
             }
         })
     }
 
-    fn ready(&mut self) -> bool {
-        let stage = &mut self.stage;
-        self.probe.call(|| stage.ready())
+    /// Runs `f` with stage `i`, in a call (see [`StageProbe::call`]) and in its span.
+    #[inline]
+    fn call<T>(&mut self, i: usize, f: impl FnOnce(&mut StageBox) -> T) -> T {
+        let slot = &mut self.slots[i];
+        let _span = slot.span.enter();
+        let stage = &mut slot.stage.stage;
+        slot.stage.probe.call(|| f(stage))
     }
 
-    fn answer_health(&mut self) {
-        let stage = &mut self.stage;
-        let report = self.probe.call(|| stage.health());
-        self.probe.answer(report);
+    fn ready(&mut self, i: usize) -> bool {
+        self.call(i, |stage| stage.ready())
     }
 
-    fn tick(&mut self, run: &mut Running) {
-        let stage = &mut self.stage;
-        let next_ms = self.probe.call(|| stage.tick());
-        run.next_tick = (next_ms > 0).then(|| Instant::now() + Duration::from_millis(next_ms));
+    fn answer_health(&mut self, i: usize) {
+        let report = self.call(i, |stage| stage.health());
+        self.slots[i].stage.probe.answer(report);
     }
 
-    fn flush(&mut self) {
-        let stage = &mut self.stage;
-        if let RErr(error) = self.probe.call(|| stage.flush()) {
-            tracing::error!(stage = %self.name, kind = %error.kind(), message = %error.message(), "flush failed");
-            self.stats.record_error(&error);
+    fn tick(&mut self, i: usize) {
+        let next_ms = self.call(i, |stage| stage.tick());
+        self.slots[i].next_tick =
+            (next_ms > 0).then(|| Instant::now() + Duration::from_millis(next_ms));
+    }
+
+    fn flush(&mut self, i: usize) {
+        if let RErr(error) = self.call(i, |stage| stage.flush()) {
+            let stage = &self.slots[i].stage;
+            tracing::error!(stage = %stage.name, kind = %error.kind(), message = %error.message(), "flush failed");
+            stage.stats.record_error(&error);
         }
     }
 
-    /// The drain timeout ended: what is queued or waiting for a retry will not be handled.
-    /// The input is drained to its end (upstream workers are stopping too), so that no
-    /// producer waits on it for ever.
-    fn abandon(&mut self, run: &mut Running, input_open: bool) {
-        run.delayed.extend(run.retries.try_iter());
-        for retry in run.delayed.drain(..) {
-            for r in retry.records.iter() {
-                retry.lineage.failed(r.id(), DRAIN_TIMEOUT);
+    /// The drain timeout ended: what is queued, waiting between stages or waiting for a
+    /// retry will not be handled. The input is drained to its end (upstream workers are
+    /// stopping too), so that no producer waits on it for ever.
+    fn abandon(&mut self) {
+        for slot in &mut self.slots {
+            slot.delayed.extend(slot.retries.try_iter());
+            for retry in slot.delayed.drain(..) {
+                for r in retry.records.iter() {
+                    retry.lineage.failed(r.id(), DRAIN_TIMEOUT);
+                }
+            }
+            for envelope in slot.waiting.drain(..) {
+                envelope.fail_all(DRAIN_TIMEOUT);
             }
         }
-        if input_open {
+        if self.input_open {
             while let Some(envelope) = self.input.blocking_recv() {
                 envelope.fail_all(DRAIN_TIMEOUT);
             }
         }
     }
 
-    /// One call of the stage with an envelope's records.
-    fn handle(&mut self, run: &mut Running, envelope: Envelope) {
+    /// Calls stage `i` with an envelope, then each stage after it with the output of the one
+    /// before, as long as the next is ready; the last one's output goes to the outputs.
+    fn handle(&mut self, mut i: usize, envelope: Envelope) {
+        let mut next = self.process(i, envelope);
+        while let Some(envelope) = next {
+            if i + 1 == self.slots.len() {
+                self.send(envelope);
+                return;
+            }
+            i += 1;
+            if !self.slots[i].waiting.is_empty() || !self.ready(i) {
+                self.slots[i].waiting.push_back(envelope);
+                return;
+            }
+            next = self.process(i, envelope);
+        }
+    }
+
+    /// One call of stage `i` with an envelope's records. Returns the output, if it has any
+    /// and anything takes it.
+    fn process(&mut self, i: usize, envelope: Envelope) -> Option<Envelope> {
         let Envelope {
             records,
             lineage,
             facts,
         } = envelope;
+        let queued = match i {
+            0 => self.input.len(),
+            _ => self.slots[i].waiting.len(),
+        };
+        let (observed, type_field) = (self.observed, &self.type_field);
+        let last = i + 1 == self.slots.len();
+        let has_outputs = !last || !self.outputs.is_empty();
+        let slot = &mut self.slots[i];
+        let _span = slot.span.enter();
+        let this = &mut slot.stage;
         // What is still queued behind this batch: a stage that keeps a deep queue is the
         // pipeline's bottleneck.
-        self.coordinator
-            .record_metric("input_queue_batches", self.input.len() as f64);
+        this.coordinator
+            .record_metric("input_queue_batches", queued as f64);
         let records_in = records.len();
         // Kept for a call that fails as a whole: by then the stage may have taken the
         // records. Worked out once for every branch the batch went to, like the types.
         let ids = facts.ids(&records);
-        if run.observed {
-            let field = &self.type_field;
-            self.stats
-                .record_types(facts.types(|| type_tally(&records, field)));
+        if observed {
+            this.stats
+                .record_types(facts.types(|| type_tally(&records, type_field)));
         }
         let ack = HostAck {
             lineage: lineage.clone(),
-            acks: run.acks.clone(),
+            acks: slot.acks.clone(),
         };
         // The records are looked at only for a traced (sampled) call.
-        let phase = self.coordinator.start_phase(&records);
+        let phase = this.coordinator.start_phase(&records);
         let mut batch = Batch::with_ack(records, FfiAck_TO::from_ptr(RArc::new(ack), TD_Opaque));
-        let stage = &mut self.stage;
-        let result = self.probe.call(|| stage.process(&mut batch));
+        let stage = &mut this.stage;
+        let result = this.probe.call(|| stage.process(&mut batch));
         let (output, failures) = batch.into_output();
         let records_out = match &output {
             BatchOutput::Unchanged(records) => records.len(),
@@ -401,7 +565,7 @@ impl Worker {
                     records_out,
                     failures: &failures,
                 };
-                self.coordinator.end_phase(phase, &outcome);
+                this.coordinator.end_phase(phase, &outcome);
             }
             RErr(error) => {
                 // The whole batch failed; whatever the stage left in it is suspect.
@@ -412,13 +576,13 @@ impl Worker {
                     records_in,
                     error: &error,
                 };
-                self.coordinator.end_phase(phase, &outcome);
+                this.coordinator.end_phase(phase, &outcome);
                 if error.kind() == "panic" {
-                    tracing::warn!(stage = %self.name, message = %error.message(), "stage panicked; its batch counts as failed");
+                    tracing::warn!(stage = %this.name, message = %error.message(), "stage panicked; its batch counts as failed");
                 } else {
-                    tracing::debug!(stage = %self.name, kind = %error.kind(), message = %error.message(), "stage call failed");
+                    tracing::debug!(stage = %this.name, kind = %error.kind(), message = %error.message(), "stage call failed");
                 }
-                return;
+                return None;
             }
         }
         // A batch the stage did not change goes on as it came, with what is known about it.
@@ -430,19 +594,21 @@ impl Worker {
             },
             BatchOutput::Changed(records) => Envelope::new(records, lineage),
         };
-        if run.delivers {
+        if slot.delivers {
             let (records, facts) = (&envelope.records, &envelope.facts);
             envelope
                 .lineage
                 .deliver_all(facts.ids(records).iter().copied());
-            if run.observed {
-                self.stats
+            if observed {
+                this.stats
                     .record_delivered(facts.received(records), unix_ns());
             }
         }
-        if envelope.records.is_empty() || self.outputs.is_empty() {
-            return;
-        }
+        (!envelope.records.is_empty() && has_outputs).then_some(envelope)
+    }
+
+    /// Sends the last stage's output to every consumer.
+    fn send(&mut self, envelope: Envelope) {
         for (tx, envelope) in self
             .outputs
             .iter()

@@ -1,0 +1,105 @@
+//! A linear chain of stages runs on one thread (`runtime.fuse_chains`, on by default), and
+//! that changes nothing a user can see but the threads: the same records come out, every
+//! count is exact, and records a stage of the chain hands back are called again. With the
+//! setting off, every stage has its own thread again.
+
+use std::{collections::BTreeSet, fs};
+
+use tests::{
+    assert_reconciled, json, read_json_lines, send_json, stage, totals, wait_for_lines, Host,
+};
+
+/// The names of the host's threads (`/proc/<pid>/task/*/comm`).
+fn thread_names(pid: u32) -> BTreeSet<String> {
+    fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("the host's threads")
+        .filter_map(|t| fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .map(|name| name.trim().to_owned())
+        .collect()
+}
+
+/// `in -> process (rules) -> back (hand-back: fails every third record, hands the others
+/// back once, delivers them on the retry)`; returns the delivered `n`s and the threads.
+fn run(fuse_chains: bool) -> (BTreeSet<u64>, BTreeSet<String>) {
+    let mut host = Host::start(&format!(
+        r#"
+plugins:
+  paths: ["{{{{plugins}}}}/libplugin_rules.so", "{{{{fixtures}}}}/libdeferred_exporter.so"]
+sources:
+  in: {{ type: zmq, socket: pull, bind: "{{{{endpoint}}}}", batch_size: 64 }}
+stages:
+  process:
+    plugin: rules
+    inputs: [in]
+    config:
+      drop: [{{ field: level, equals: debug }}]
+      set: {{ chained: true }}
+  back:
+    plugin: hand-back
+    inputs: [process]
+    config: {{ out: "{{{{dir}}}}/back.jsonl", retry_after_ms: 20 }}
+runtime:
+  fuse_chains: {fuse_chains}
+monitoring:
+  mode: direct
+  admin: {{ listen: "127.0.0.1:0" }}
+"#
+    ));
+    let threads = thread_names(host.pid());
+    let count: u64 = 900;
+    // Every fourth message is dropped by `process`; `back` fails those whose `n` is a
+    // multiple of 3 (300 of 900, 75 of them dropped before) and delivers the rest.
+    let messages: Vec<_> = (0..count)
+        .map(|n| json!({ "n": n, "level": if n % 4 == 0 { "debug" } else { "info" } }))
+        .collect();
+    send_json(&host.endpoint, &messages);
+    let api = host.wait_settled(count);
+    let completed = api["pipeline"]["completed"].as_u64().expect("completed");
+    let out = host.path("back.jsonl");
+    wait_for_lines(&out, completed as usize);
+
+    let summary = host.stop();
+    assert_reconciled(&summary);
+    let (filtered, failed) = (count / 4, count / 3 - count / 12);
+    let done = count - filtered - failed;
+    assert_eq!(completed, done, "{api:#}");
+    assert_eq!(
+        totals(&summary),
+        (count, done, filtered, failed),
+        "{summary:#}"
+    );
+    let p = stage(&summary, "process");
+    assert_eq!(p["records_in"], count, "{summary:#}");
+    assert_eq!(p["records_out"], count - filtered, "{summary:#}");
+    // `back` was called with everything `process` kept, then again with what it handed back.
+    let b = stage(&summary, "back");
+    assert_eq!(b["records_in"], (count - filtered) + done, "{summary:#}");
+    assert_eq!(b["records_delivered_later"], done, "{summary:#}");
+    assert_eq!(b["records_failed"], failed, "{summary:#}");
+
+    let mut delivered = BTreeSet::new();
+    for line in read_json_lines(&out) {
+        let record = &line["record"];
+        assert_eq!(record["chained"], true, "{line}");
+        assert_eq!(record["_retried"], true, "{line}");
+        let n = record["n"].as_u64().expect("n");
+        assert_eq!(line["message_id"], n + 1, "{line}");
+        assert!(delivered.insert(n), "n = {n} delivered twice");
+    }
+    assert_eq!(delivered.len() as u64, done);
+    (delivered, threads)
+}
+
+#[test]
+fn a_chain_shares_one_thread_and_delivers_what_separate_threads_do() {
+    let (fused, fused_threads) = run(true);
+    let (separate, separate_threads) = run(false);
+    assert_eq!(fused, separate, "the same records come out either way");
+    // Linux keeps the first 15 bytes of a thread's name.
+    assert!(fused_threads.contains("stage-process"), "{fused_threads:?}");
+    assert!(!fused_threads.contains("stage-back"), "{fused_threads:?}");
+    assert!(
+        separate_threads.contains("stage-process") && separate_threads.contains("stage-back"),
+        "{separate_threads:?}"
+    );
+}
