@@ -354,6 +354,31 @@ impl Drop for Lineage {
     }
 }
 
+/// What travels on a stage's input queue.
+pub enum Queued {
+    Records(Envelope),
+    /// A source's messages as they came, not decoded yet: a source with one consumer hands
+    /// them over like this, so that the consumer's worker decodes them, and each record is
+    /// made on the thread that uses it (see `source::Messages`).
+    Messages(crate::source::Messages),
+}
+
+impl Queued {
+    /// Fails every message of what could not be handled.
+    pub fn fail_all(&self, error_type: &str) {
+        match self {
+            Queued::Records(envelope) => envelope.fail_all(error_type),
+            Queued::Messages(messages) => messages.fail_all(error_type),
+        }
+    }
+}
+
+impl From<Envelope> for Queued {
+    fn from(envelope: Envelope) -> Queued {
+        Queued::Records(envelope)
+    }
+}
+
 /// What travels on a queue between stages: records (handles on shared data), their lineage,
 /// and facts about them. Every consumer of one output gets the same records, shared as a
 /// whole: a fan-out costs a few reference counts per batch, not per record.

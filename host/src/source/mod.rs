@@ -1,12 +1,19 @@
 //! Sources: where messages enter the pipeline. Each source decodes messages into records and
-//! sends them on in batches.
+//! sends them on in batches; a source with one consumer sends the messages as they came
+//! ([`Messages`]) and the consumer's worker decodes them.
 
 pub mod zmq;
 pub mod zmtp;
 
+use std::sync::Arc;
+
+use abi_stable::std_types::{RArc, RVec};
 use plugin_api::{JsonError, Record, Value};
 
-use crate::config::Decode;
+use crate::{
+    accounting::{Envelope, Facts, Lineage},
+    config::Decode,
+};
 
 /// Why a message could not become a record. Each is counted as a failed message under its
 /// own error type.
@@ -43,6 +50,107 @@ pub fn decode(payload: &[u8], decode: Decode, max_bytes: usize) -> Result<Record
                 Err(_) => Value::Bytes(payload.to_vec()),
             };
             Ok([("message", value)].into_iter().collect())
+        }
+    }
+}
+
+/// Messages read and admitted, not decoded yet: their bytes one after the other in one
+/// buffer. Handing these to the one consumer of a source, rather than records, moves one
+/// sequential buffer between threads instead of three allocations per message, and the
+/// records are then made (and later freed) on the thread that reads them: in the source's
+/// thread's cache they would have to travel to the consumer's core, a miss at a time.
+pub struct Messages {
+    bytes: Vec<u8>,
+    /// Per message: where it ends in `bytes`, and when it was received.
+    ends: Vec<(usize, u64)>,
+    decode: Decode,
+    max_bytes: usize,
+    /// The id of the first message; the others follow in order.
+    first_id: u64,
+    lineage: Arc<Lineage>,
+}
+
+/// Messages being gathered by a source, before they are admitted.
+#[derive(Default)]
+pub struct MessageBuffer {
+    bytes: Vec<u8>,
+    ends: Vec<(usize, u64)>,
+}
+
+impl MessageBuffer {
+    /// Makes room for about `messages` more like `payload`.
+    pub fn reserve_like(&mut self, payload: &[u8], messages: usize) {
+        self.bytes.reserve(payload.len() * messages);
+        self.ends.reserve(messages);
+    }
+
+    pub fn push(&mut self, payload: &[u8], received_at_ns: u64) {
+        self.bytes.extend_from_slice(payload);
+        self.ends.push((self.bytes.len(), received_at_ns));
+    }
+
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    /// The messages, admitted as `first_id..` in `lineage`, to be decoded as `decode` says.
+    pub fn admitted(
+        self,
+        decode: Decode,
+        max_bytes: usize,
+        first_id: u64,
+        lineage: Arc<Lineage>,
+    ) -> Messages {
+        Messages {
+            bytes: self.bytes,
+            ends: self.ends,
+            decode,
+            max_bytes,
+            first_id,
+            lineage,
+        }
+    }
+}
+
+impl Messages {
+    /// Decodes every message into a record (with its id, size and receive time); one that
+    /// cannot be decoded fails in the lineage with its error type.
+    pub fn decode(self) -> Envelope {
+        let mut records = RVec::with_capacity(self.ends.len());
+        let mut ids = Vec::with_capacity(self.ends.len());
+        let mut received: Vec<(u64, u64)> = Vec::new();
+        let mut start = 0;
+        for (i, &(end, at)) in self.ends.iter().enumerate() {
+            let payload = &self.bytes[start..end];
+            start = end;
+            let id = self.first_id + i as u64;
+            match decode(payload, self.decode, self.max_bytes) {
+                Ok(mut record) => {
+                    record.set_origin(id, payload.len() as u64, at);
+                    records.push(record);
+                    ids.push(id);
+                    match received.last_mut() {
+                        Some((t, n)) if *t == at => *n += 1,
+                        _ => received.push((at, 1)),
+                    }
+                }
+                Err(e) => self.lineage.failed(id, e.error_type()),
+            }
+        }
+        Envelope {
+            records: RArc::new(records),
+            lineage: self.lineage,
+            facts: Arc::new(Facts::known(ids.into(), received.into())),
+        }
+    }
+
+    pub fn fail_all(&self, error_type: &str) {
+        for i in 0..self.ends.len() {
+            self.lineage.failed(self.first_id + i as u64, error_type);
         }
     }
 }

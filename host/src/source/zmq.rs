@@ -15,10 +15,10 @@ use tokio::sync::{mpsc, watch};
 use super::{
     decode,
     zmtp::{self, ConnectionStats, Endpoint, EndpointError, Limits, Listener, Role, Sink},
-    DecodeError,
+    DecodeError, MessageBuffer,
 };
 use crate::{
-    accounting::{Envelope, Facts, PipelineCounters, DRAIN_TIMEOUT},
+    accounting::{Envelope, Facts, Lineage, PipelineCounters, Queued, DRAIN_TIMEOUT},
     config::{Decode, SocketKind, SourceConfig},
 };
 
@@ -84,7 +84,7 @@ impl ZmqSource {
     /// (for room in flight, or in a queue) fails as `drain_timeout` instead of waiting on.
     pub async fn run(
         self,
-        outputs: Vec<mpsc::Sender<Envelope>>,
+        outputs: Vec<mpsc::Sender<Queued>>,
         counters: Arc<PipelineCounters>,
         next_id: Arc<AtomicU64>,
         stop: watch::Receiver<bool>,
@@ -106,12 +106,15 @@ impl ZmqSource {
             max_connections: cfg.max_connections,
             handshake_timeout: cfg.handshake_timeout,
         };
-        let outputs: Arc<[mpsc::Sender<Envelope>]> = outputs.into();
+        let outputs: Arc<[mpsc::Sender<Queued>]> = outputs.into();
         let make_sink = || BatchSink {
             decode: cfg.decode,
             max_bytes: cfg.max_message_bytes,
             batch_size: cfg.batch_size,
+            // One consumer decodes what it takes; several share what the source decoded.
+            decode_here: outputs.len() != 1,
             batch: RVec::new(),
+            buffer: MessageBuffer::default(),
             outputs: outputs.clone(),
             counters: counters.clone(),
             next_id: next_id.clone(),
@@ -149,13 +152,16 @@ impl ZmqSource {
     }
 }
 
-/// One connection's messages, decoded into a batch for the stages.
+/// One connection's messages, gathered into a batch for the stages: decoded into records for
+/// a fan-out, as they came (in one buffer) for a single consumer, which decodes them.
 struct BatchSink {
     decode: Decode,
     max_bytes: usize,
     batch_size: usize,
+    decode_here: bool,
     batch: RVec<Record>,
-    outputs: Arc<[mpsc::Sender<Envelope>]>,
+    buffer: MessageBuffer,
+    outputs: Arc<[mpsc::Sender<Queued>]>,
     counters: Arc<PipelineCounters>,
     next_id: Arc<AtomicU64>,
     give_up: watch::Receiver<bool>,
@@ -163,6 +169,13 @@ struct BatchSink {
 
 impl Sink for BatchSink {
     fn message(&mut self, _first: &[u8], payload: &[u8], received_at_ns: u64) {
+        if !self.decode_here {
+            if self.buffer.is_empty() {
+                self.buffer.reserve_like(payload, self.batch_size.min(64));
+            }
+            self.buffer.push(payload, received_at_ns);
+            return;
+        }
         if self.batch.capacity() == 0 {
             self.batch.reserve(self.batch_size.min(64));
         }
@@ -181,37 +194,92 @@ impl Sink for BatchSink {
     }
 
     fn full(&self) -> bool {
-        self.batch.len() >= self.batch_size
+        self.batch.len() + self.buffer.len() >= self.batch_size
     }
 
     async fn flush(&mut self) {
-        if self.batch.is_empty() {
-            return;
+        if !self.buffer.is_empty() {
+            let buffer = std::mem::take(&mut self.buffer);
+            let n = buffer.len();
+            let Some((first_id, lineage)) =
+                admit(n, &self.counters, &self.next_id, &mut self.give_up).await
+            else {
+                return;
+            };
+            let messages = buffer.admitted(self.decode, self.max_bytes, first_id, lineage);
+            send(
+                vec![Queued::Messages(messages)],
+                &self.outputs,
+                &mut self.give_up,
+            )
+            .await;
         }
-        let records = std::mem::take(&mut self.batch);
-        send_batch(
-            records,
-            &self.outputs,
-            &self.counters,
-            &self.next_id,
-            &mut self.give_up,
-        )
-        .await;
+        if !self.batch.is_empty() {
+            let records = std::mem::take(&mut self.batch);
+            send_batch(
+                records,
+                &self.outputs,
+                &self.counters,
+                &self.next_id,
+                &mut self.give_up,
+            )
+            .await;
+        }
     }
 }
 
-/// Admits a batch (ids, lineage; waiting while the pipeline holds `runtime.max_in_flight`
-/// messages) and sends it to every consumer. If `give_up` turns true first (the end of a
-/// shutdown's drain timeout), the batch fails as `drain_timeout`: received and counted, not
-/// lost.
-pub async fn send_batch(
+/// Admits `n` messages (ids, lineage; waiting while the pipeline holds
+/// `runtime.max_in_flight` messages). If `give_up` turns true first (the end of a shutdown's
+/// drain timeout), they fail as `drain_timeout`, received and counted, not lost: `None`.
+async fn admit(
+    n: usize,
+    counters: &Arc<PipelineCounters>,
+    next_id: &AtomicU64,
+    give_up: &mut watch::Receiver<bool>,
+) -> Option<(u64, Arc<Lineage>)> {
+    let first_id = next_id.fetch_add(n as u64, Relaxed);
+    tokio::select! {
+        lineage = counters.admit(first_id, n) => Some((first_id, lineage)),
+        () = gave_up(give_up) => {
+            counters.reject(DRAIN_TIMEOUT, n as u64);
+            None
+        }
+    }
+}
+
+/// Sends one item to each output (as many items as outputs), waiting for room; what finds
+/// no room before `give_up`, or no consumer, fails.
+async fn send(
+    items: Vec<Queued>,
+    outputs: &[mpsc::Sender<Queued>],
+    give_up: &mut watch::Receiver<bool>,
+) {
+    for (tx, item) in outputs.iter().zip(items) {
+        let sent = tokio::select! {
+            sent = tx.reserve() => sent,
+            () = gave_up(give_up) => {
+                item.fail_all(DRAIN_TIMEOUT);
+                continue;
+            }
+        };
+        match sent {
+            Ok(permit) => permit.send(item),
+            Err(_) => item.fail_all("pipeline_closed"),
+        }
+    }
+}
+
+/// Admits a batch of records (see [`admit`]) and sends it to every consumer, shared.
+async fn send_batch(
     mut records: RVec<Record>,
-    outputs: &[mpsc::Sender<Envelope>],
+    outputs: &[mpsc::Sender<Queued>],
     counters: &Arc<PipelineCounters>,
     next_id: &AtomicU64,
     give_up: &mut watch::Receiver<bool>,
 ) {
-    let first_id = next_id.fetch_add(records.len() as u64, Relaxed);
+    let Some((first_id, lineage)) = admit(records.len(), counters, next_id, give_up).await else {
+        return;
+    };
     // What every consumer would otherwise read off each record: ids and receive times.
     let mut received: Vec<(u64, u64)> = Vec::new();
     for (i, r) in records.iter_mut().enumerate() {
@@ -226,33 +294,18 @@ pub async fn send_batch(
         (first_id..first_id + records.len() as u64).collect(),
         received.into(),
     );
-    let lineage = tokio::select! {
-        lineage = counters.admit(first_id, records.len()) => lineage,
-        () = gave_up(give_up) => {
-            counters.reject(DRAIN_TIMEOUT, records.len() as u64);
-            return;
-        }
-    };
     // A source nobody reads delivers its messages nowhere: they settle as filtered.
     let envelope = Envelope {
         records: RArc::new(records),
         lineage,
         facts: Arc::new(facts),
     };
-    let envelopes = envelope.fan_out(outputs.len());
-    for (tx, envelope) in outputs.iter().zip(envelopes) {
-        let sent = tokio::select! {
-            sent = tx.reserve() => sent,
-            () = gave_up(give_up) => {
-                envelope.fail_all(DRAIN_TIMEOUT);
-                continue;
-            }
-        };
-        match sent {
-            Ok(permit) => permit.send(envelope),
-            Err(_) => envelope.fail_all("pipeline_closed"),
-        }
-    }
+    let items = envelope
+        .fan_out(outputs.len())
+        .into_iter()
+        .map(Queued::from)
+        .collect();
+    send(items, outputs, give_up).await;
 }
 
 /// Resolves when `give_up` turns true; never, if its sender is gone without it.

@@ -15,7 +15,7 @@ use tokio::sync::{mpsc, watch};
 
 use super::probe::StageProbe;
 use crate::{
-    accounting::{Envelope, PipelineCounters},
+    accounting::{Envelope, PipelineCounters, Queued},
     config::HealthConfig,
     events::{Event, EventBus, EventKind, EventPayload, HealthState},
     health::{CheckFn, Component, ComponentHealth, ComponentKind, HealthListener, StatusChange},
@@ -166,7 +166,7 @@ impl HealthListener for HealthEvents {
 pub async fn windows(
     monitor: Arc<Monitor>,
     every: Duration,
-    targets: Vec<mpsc::Sender<Envelope>>,
+    targets: Vec<mpsc::Sender<Queued>>,
     mut stop: watch::Receiver<bool>,
 ) {
     let every = every.max(Duration::from_millis(10));
@@ -185,7 +185,7 @@ pub async fn windows(
 
 async fn export_window(
     monitor: &Monitor,
-    targets: &[mpsc::Sender<Envelope>],
+    targets: &[mpsc::Sender<Queued>],
     counters: &Arc<PipelineCounters>,
 ) {
     let window = monitor.take_window();
@@ -212,7 +212,7 @@ async fn export_window(
     records.push(record);
     let envelope = Envelope::new(records, counters.unaccounted());
     for (tx, envelope) in targets.iter().zip(envelope.fan_out(targets.len())) {
-        if tx.send(envelope).await.is_err() {
+        if tx.send(envelope.into()).await.is_err() {
             tracing::warn!("a monitoring.export_to stage stopped before the window could reach it");
         }
     }

@@ -40,7 +40,7 @@ use tokio::sync::{mpsc, watch};
 
 use super::probe::{StageProbe, WorkerThread};
 use crate::{
-    accounting::{Envelope, Lineage, DRAIN_TIMEOUT},
+    accounting::{Envelope, Lineage, Queued, DRAIN_TIMEOUT},
     clock::unix_ns,
     coordinator::Coordinator,
     monitor::{type_tally, CallOutcome, StageStats},
@@ -157,9 +157,9 @@ pub struct Worker {
     /// The field whose values are counted per stage (`monitoring.type_field`).
     pub type_field: Arc<str>,
     /// The first stage's input.
-    pub input: mpsc::Receiver<Envelope>,
+    pub input: mpsc::Receiver<Queued>,
     /// Where the last stage's output goes.
-    pub outputs: Vec<mpsc::Sender<Envelope>>,
+    pub outputs: Vec<mpsc::Sender<Queued>>,
     /// Turns true when the drain timeout ends: stop, failing what is still queued.
     pub finish: watch::Receiver<bool>,
     /// For timers while the worker waits.
@@ -171,7 +171,7 @@ const READY_POLL: Duration = Duration::from_millis(2);
 
 /// What wakes a waiting worker.
 enum Wake {
-    Batch(Envelope),
+    Batch(Queued),
     InputClosed,
     /// A health request, a settlement or a retry, a timer: look at everything again.
     Look,
@@ -201,9 +201,9 @@ struct Running {
     /// Data types and ingest-to-delivery latency are observation too: none when disabled.
     observed: bool,
     type_field: Arc<str>,
-    input: mpsc::Receiver<Envelope>,
+    input: mpsc::Receiver<Queued>,
     input_open: bool,
-    outputs: Vec<mpsc::Sender<Envelope>>,
+    outputs: Vec<mpsc::Sender<Queued>>,
     finish: watch::Receiver<bool>,
     runtime: tokio::runtime::Handle,
 }
@@ -298,8 +298,8 @@ impl Running {
                 self.input_open && self.slots.iter().all(|s| s.waiting.is_empty()) && self.ready(0);
             if take_input {
                 match self.input.try_recv() {
-                    Ok(envelope) => {
-                        self.handle(0, envelope);
+                    Ok(queued) => {
+                        self.take(queued);
                         continue;
                     }
                     Err(mpsc::error::TryRecvError::Disconnected) => self.input_open = false,
@@ -312,7 +312,7 @@ impl Running {
                 Drain::Done => break,
             }
             match self.wait(take_input) {
-                Wake::Batch(envelope) => self.handle(0, envelope),
+                Wake::Batch(queued) => self.take(queued),
                 Wake::InputClosed => self.input_open = false,
                 Wake::Look => {}
                 Wake::Finish => {
@@ -487,9 +487,22 @@ impl Running {
             }
         }
         if self.input_open {
-            while let Some(envelope) = self.input.blocking_recv() {
-                envelope.fail_all(DRAIN_TIMEOUT);
+            while let Some(queued) = self.input.blocking_recv() {
+                queued.fail_all(DRAIN_TIMEOUT);
             }
+        }
+    }
+
+    /// Takes a batch from the input: records, or messages to decode first (see
+    /// `source::Messages`).
+    fn take(&mut self, queued: Queued) {
+        let envelope = match queued {
+            Queued::Records(envelope) => envelope,
+            Queued::Messages(messages) => messages.decode(),
+        };
+        // Every message failed to decode: each is counted, no stage has anything to do.
+        if !envelope.records.is_empty() {
+            self.handle(0, envelope);
         }
     }
 
@@ -614,7 +627,7 @@ impl Running {
             .iter()
             .zip(envelope.fan_out(self.outputs.len()))
         {
-            if let Err(mpsc::error::SendError(lost)) = tx.blocking_send(envelope) {
+            if let Err(mpsc::error::SendError(lost)) = tx.blocking_send(envelope.into()) {
                 lost.fail_all("pipeline_closed");
             }
         }
