@@ -1,5 +1,6 @@
 //! Messages that cannot become records are counted as failed, each under its own error type,
-//! and do not disturb the good messages around them.
+//! and do not disturb the good messages around them: whether the source's one consumer
+//! decodes them on its own thread, or the source decodes them once for a fan-out.
 
 use std::collections::BTreeMap;
 
@@ -15,21 +16,36 @@ fn object_of_len(n: usize, len: usize) -> Vec<u8> {
     format!("{head}{}\"}}", "x".repeat(pad)).into_bytes()
 }
 
-#[test]
-fn each_malformed_message_is_counted_by_type() {
-    let mut host = Host::start(
-        r#"
+const SOURCE: &str = r#"
 plugins:
   paths: ["{{plugins}}"]
 sources:
   in: { type: zmq, socket: pull, bind: "{{endpoint}}", max_message_bytes: 200 }
 stages:
-  out:
-    plugin: jsonl
-    inputs: [in]
-    config: { path: "{{dir}}/out.jsonl" }
-"#,
-    );
+"#;
+
+/// One exporter stage writing `{name}.jsonl`.
+fn jsonl(name: &str) -> String {
+    format!(
+        "  {name}:\n    plugin: jsonl\n    inputs: [in]\n    config: {{ path: \"{{{{dir}}}}/{name}.jsonl\" }}\n"
+    )
+}
+
+#[test]
+fn each_malformed_message_is_counted_by_type_by_the_one_consumer() {
+    check(&["out"]);
+}
+
+#[test]
+fn each_malformed_message_is_counted_by_type_before_a_fan_out() {
+    check(&["left", "right"]);
+}
+
+fn check(exporters: &[&str]) {
+    let pipeline = exporters
+        .iter()
+        .fold(SOURCE.to_owned(), |p, e| p + &jsonl(e));
+    let mut host = Host::start(&pipeline);
     let bad: Vec<(&str, Vec<u8>)> = vec![
         ("invalid_json", b"{\"a\":".to_vec()),
         ("invalid_json", b"not json".to_vec()),
@@ -85,22 +101,29 @@ stages:
     let good_count = good.len();
 
     send(&host.endpoint, &payloads);
-    let out = host.path("out.jsonl");
-    wait_for_lines(&out, good_count);
+    let outs: Vec<_> = exporters
+        .iter()
+        .map(|e| host.path(&format!("{e}.jsonl")))
+        .collect();
+    for out in &outs {
+        wait_for_lines(out, good_count);
+    }
     let summary = host.stop();
 
-    let lines = read_json_lines(&out);
-    let ns: Vec<u64> = lines.iter().map(|r| r["n"].as_u64().expect("n")).collect();
-    assert_eq!(ns, good.iter().map(|&n| n as u64).collect::<Vec<_>>());
-    assert_eq!(
-        lines[1]["nested"],
-        tests::json!({ "list": [1, 2.5, null, true] })
-    );
-    assert_eq!(
-        lines[1]["big"],
-        tests::json!(i64::MIN),
-        "integers stay exact"
-    );
+    for out in &outs {
+        let lines = read_json_lines(out);
+        let ns: Vec<u64> = lines.iter().map(|r| r["n"].as_u64().expect("n")).collect();
+        assert_eq!(ns, good.iter().map(|&n| n as u64).collect::<Vec<_>>());
+        assert_eq!(
+            lines[1]["nested"],
+            tests::json!({ "list": [1, 2.5, null, true] })
+        );
+        assert_eq!(
+            lines[1]["big"],
+            tests::json!(i64::MIN),
+            "integers stay exact"
+        );
+    }
 
     let mut expected: BTreeMap<String, u64> = BTreeMap::new();
     for (kind, _) in &bad {
