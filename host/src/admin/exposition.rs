@@ -7,6 +7,8 @@
 
 use std::fmt::Write;
 
+use crate::monitor::families::{Family, Kind};
+
 /// One metric family being written: HELP and TYPE once, then its samples.
 pub struct Exposition {
     out: String,
@@ -64,9 +66,15 @@ impl Default for Exposition {
 }
 
 impl Exposition {
-    /// Starts a family. `kind` is `counter`, `gauge` or `histogram`.
-    pub fn family(&mut self, name: &str, kind: &str, help: &str) {
+    /// Starts a family: its HELP and TYPE.
+    pub fn family(&mut self, family: &Family) {
+        self.family_named(family.name, family.kind, family.help);
+    }
+
+    /// Starts a family whose name is made at run time (a plugin's).
+    pub fn family_named(&mut self, name: &str, kind: Kind, help: &str) {
         let help = help.replace('\\', "\\\\").replace('\n', "\\n");
+        let kind = kind.as_str();
         let _ = writeln!(self.out, "# HELP {name} {help}");
         let _ = writeln!(self.out, "# TYPE {name} {kind}");
     }
@@ -130,9 +138,14 @@ mod tests {
     #[test]
     fn writes_families_samples_and_histograms() {
         let mut e = Exposition::default();
-        e.family("x_total", "counter", "Things.");
+        e.family(&Family {
+            name: "x_total",
+            kind: Kind::Counter,
+            unit: "{thing}",
+            help: "Things.",
+        });
         e.sample("x_total", &[("stage", "a\"b")], 3.0);
-        e.family("d_seconds", "histogram", "Durations.");
+        e.family_named("d_seconds", Kind::Histogram, "Durations.");
         e.histogram(
             "d_seconds",
             &[("stage", "a")],

@@ -1,15 +1,16 @@
 //! The monitor, health and event bus, rendered as Prometheus metrics. Every name carries its
-//! unit and `_total` where it counts, and every family has HELP.
+//! unit and `_total` where it counts, and every family has HELP. The families are declared in
+//! [`crate::monitor::families`], which OTLP reads too.
 
 use hdrhistogram::Histogram;
 use plugin_api::{HealthStatus, MetricKind};
 
 use super::{exposition::Exposition, server::ConnectionCounts, AdminState};
 use crate::monitor::{
+    families::*,
     plugin::{family_name, SeriesValue, PLUGIN_BUCKETS},
-    process::{ProcessMetrics, PROCESS_FAMILIES},
+    process::ProcessMetrics,
 };
-use crate::telemetry::EXPORT_FAMILIES;
 
 /// Reads one count out of a stage's counts.
 type CountOf = fn(&crate::monitor::Counts) -> u64;
@@ -34,111 +35,53 @@ pub async fn render(state: &AdminState, connections: Option<ConnectionCounts>) -
     let snap = state.monitor.snapshot();
     let t = &snap.pipeline;
 
-    e.family(
-        "host_uptime_seconds",
-        "gauge",
-        "Seconds since the pipeline started.",
-    );
-    e.sample("host_uptime_seconds", &[], snap.uptime_seconds);
-    e.family(
-        "host_monitoring_mode_info",
-        "gauge",
-        "The coordinator mode (always 1, see the mode label).",
-    );
-    e.sample("host_monitoring_mode_info", &[("mode", snap.mode)], 1.0);
+    e.family(&HOST_UPTIME_SECONDS);
+    e.sample(HOST_UPTIME_SECONDS.name, &[], snap.uptime_seconds);
+    e.family(&HOST_MONITORING_MODE_INFO);
+    e.sample(HOST_MONITORING_MODE_INFO.name, &[("mode", snap.mode)], 1.0);
 
-    for (name, help, value) in [
-        (
-            "host_messages_received_total",
-            "Messages received by the sources.",
-            t.received,
-        ),
-        (
-            "host_messages_completed_total",
-            "Messages delivered by every branch that kept them.",
-            t.completed,
-        ),
-        (
-            "host_messages_filtered_total",
-            "Messages dropped on purpose by a stage.",
-            t.filtered,
-        ),
+    for (family, value) in [
+        (&HOST_MESSAGES_RECEIVED_TOTAL, t.received),
+        (&HOST_MESSAGES_COMPLETED_TOTAL, t.completed),
+        (&HOST_MESSAGES_FILTERED_TOTAL, t.filtered),
+        (&HOST_MESSAGES_FAILED_TOTAL, t.failed),
     ] {
-        e.family(name, "counter", help);
-        e.sample(name, &[], value as f64);
+        e.family(family);
+        e.sample(family.name, &[], value as f64);
     }
-    e.family(
-        "host_messages_failed_total",
-        "counter",
-        "Messages that failed.",
-    );
-    e.sample("host_messages_failed_total", &[], t.failed as f64);
-    // The breakdown is its own family, so that summing it does not count failures twice.
-    e.family(
-        "host_messages_failed_by_type_total",
-        "counter",
-        "Messages that failed, by the error type of their first failure.",
-    );
+    e.family(&HOST_MESSAGES_FAILED_BY_TYPE_TOTAL);
     for (kind, n) in &t.failed_by_type {
         e.sample(
-            "host_messages_failed_by_type_total",
+            HOST_MESSAGES_FAILED_BY_TYPE_TOTAL.name,
             &[("error_type", kind)],
             *n as f64,
         );
     }
-    e.family(
-        "host_messages_in_flight",
-        "gauge",
-        "Messages received and not yet settled.",
-    );
-    e.sample("host_messages_in_flight", &[], t.in_flight as f64);
+    e.family(&HOST_MESSAGES_IN_FLIGHT);
+    e.sample(HOST_MESSAGES_IN_FLIGHT.name, &[], t.in_flight as f64);
 
-    let counters: [(&str, &str, CountOf); 5] = [
-        (
-            "host_stage_calls_total",
-            "Stage calls (one per batch).",
-            |c| c.calls,
-        ),
-        (
-            "host_stage_call_errors_total",
-            "Stage calls that failed as a whole (errors and panics).",
-            |c| c.errors,
-        ),
-        (
-            "host_stage_records_in_total",
-            "Records handed to the stage.",
-            |c| c.records_in,
-        ),
-        (
-            "host_stage_records_out_total",
-            "Records the stage passed on (exporters: exported).",
-            |c| c.records_out,
-        ),
-        (
-            "host_stage_records_failed_total",
-            "Records the stage failed.",
-            |c| c.records_failed,
-        ),
+    let counters: [(&Family, CountOf); 5] = [
+        (&HOST_STAGE_CALLS_TOTAL, |c| c.calls),
+        (&HOST_STAGE_CALL_ERRORS_TOTAL, |c| c.errors),
+        (&HOST_STAGE_RECORDS_IN_TOTAL, |c| c.records_in),
+        (&HOST_STAGE_RECORDS_OUT_TOTAL, |c| c.records_out),
+        (&HOST_STAGE_RECORDS_FAILED_TOTAL, |c| c.records_failed),
     ];
-    for (name, help, get) in counters {
-        e.family(name, "counter", help);
+    for (family, get) in counters {
+        e.family(family);
         for s in &snap.stages {
             e.sample(
-                name,
+                family.name,
                 &[("stage", &s.stage), ("operation", s.operation)],
                 get(&s.counts) as f64,
             );
         }
     }
-    e.family(
-        "host_stage_errors_total",
-        "counter",
-        "Stage errors by error type (whole calls and single records).",
-    );
+    e.family(&HOST_STAGE_ERRORS_TOTAL);
     for s in &snap.stages {
         for (kind, n) in &s.counts.errors_by_type {
             e.sample(
-                "host_stage_errors_total",
+                HOST_STAGE_ERRORS_TOTAL.name,
                 &[
                     ("stage", &s.stage),
                     ("operation", s.operation),
@@ -148,15 +91,11 @@ pub async fn render(state: &AdminState, connections: Option<ConnectionCounts>) -
             );
         }
     }
-    e.family(
-        "host_stage_records_by_type_total",
-        "counter",
-        "Records handed to the stage, by the value of the monitored type field.",
-    );
+    e.family(&HOST_STAGE_RECORDS_BY_TYPE_TOTAL);
     for s in &snap.stages {
         for (kind, n) in &s.counts.data_types {
             e.sample(
-                "host_stage_records_by_type_total",
+                HOST_STAGE_RECORDS_BY_TYPE_TOTAL.name,
                 &[("stage", &s.stage), ("type", kind)],
                 *n as f64,
             );
@@ -169,31 +108,23 @@ pub async fn render(state: &AdminState, connections: Option<ConnectionCounts>) -
         .iter()
         .map(|s| (s.name.clone(), s.histograms()))
         .collect();
-    e.family(
-        "host_stage_call_duration_seconds",
-        "histogram",
-        "Duration of stage calls.",
-    );
+    e.family(&HOST_STAGE_CALL_DURATION_SECONDS);
     for (stage, (latency, _)) in &hists {
         let (b, sum, count) = seconds_buckets(latency);
         e.histogram(
-            "host_stage_call_duration_seconds",
+            HOST_STAGE_CALL_DURATION_SECONDS.name,
             &[("stage", stage), ("operation", "process")],
             &b,
             sum,
             count,
         );
     }
-    e.family(
-        "host_end_to_end_latency_seconds",
-        "histogram",
-        "Ingest to delivery, per delivering stage (exporter branch).",
-    );
+    e.family(&HOST_END_TO_END_LATENCY_SECONDS);
     for (stage, (_, e2e)) in &hists {
         if !e2e.is_empty() {
             let (b, sum, count) = seconds_buckets(e2e);
             e.histogram(
-                "host_end_to_end_latency_seconds",
+                HOST_END_TO_END_LATENCY_SECONDS.name,
                 &[("stage", stage)],
                 &b,
                 sum,
@@ -204,13 +135,12 @@ pub async fn render(state: &AdminState, connections: Option<ConnectionCounts>) -
 
     // Plugin metrics: one family per (kind, name), labelled by stage and the plugin's labels.
     let series = state.monitor.plugins.series();
-    let mut families: std::collections::BTreeMap<String, (&'static str, Vec<_>)> =
-        Default::default();
+    let mut families: std::collections::BTreeMap<String, (Kind, Vec<_>)> = Default::default();
     for (key, value) in &series {
         let (kind, type_name) = match value {
-            SeriesValue::Counter { .. } => (MetricKind::Counter, "counter"),
-            SeriesValue::Gauge { .. } => (MetricKind::Gauge, "gauge"),
-            SeriesValue::Histogram { .. } => (MetricKind::Histogram, "histogram"),
+            SeriesValue::Counter { .. } => (MetricKind::Counter, Kind::Counter),
+            SeriesValue::Gauge { .. } => (MetricKind::Gauge, Kind::Gauge),
+            SeriesValue::Histogram { .. } => (MetricKind::Histogram, Kind::Histogram),
         };
         let (name, kind) = (family_name(kind, &key.name), type_name);
         families
@@ -220,7 +150,7 @@ pub async fn render(state: &AdminState, connections: Option<ConnectionCounts>) -
             .push((key, value));
     }
     for (name, (kind, members)) in &families {
-        e.family(name, kind, "Recorded by a plugin through the host context.");
+        e.family_named(name, *kind, PLUGIN_HELP);
         for (key, value) in members {
             let mut labels: Vec<(&str, &str)> = vec![("stage", &key.stage)];
             labels.extend(
@@ -248,15 +178,10 @@ pub async fn render(state: &AdminState, connections: Option<ConnectionCounts>) -
             }
         }
     }
-    // Not under host_plugin_: that prefix belongs to the plugins' own metric names.
-    e.family(
-        "host_monitor_plugin_updates_dropped_total",
-        "counter",
-        "Plugin metric updates refused, by reason (too many series, a kind mismatch, a reserved or invalid label or name).",
-    );
+    e.family(&HOST_MONITOR_PLUGIN_UPDATES_DROPPED_TOTAL);
     for (reason, n) in state.monitor.plugins.dropped() {
         e.sample(
-            "host_monitor_plugin_updates_dropped_total",
+            HOST_MONITOR_PLUGIN_UPDATES_DROPPED_TOTAL.name,
             &[("reason", reason)],
             n as f64,
         );
@@ -264,33 +189,17 @@ pub async fn render(state: &AdminState, connections: Option<ConnectionCounts>) -
 
     if let Some(bus) = &state.bus {
         let b = bus.stats();
-        for (name, help, value) in [
-            (
-                "host_events_published_total",
-                "Events published to the bus.",
-                b.published,
-            ),
-            (
-                "host_events_dropped_total",
-                "Events dropped because a subscriber or the publisher queue was full.",
-                b.dropped,
-            ),
-            (
-                "host_events_publish_failed_total",
-                "Events that could not be written to the external bus (Redis down).",
-                b.publish_failed,
-            ),
+        for (family, value) in [
+            (&HOST_EVENTS_PUBLISHED_TOTAL, b.published),
+            (&HOST_EVENTS_DROPPED_TOTAL, b.dropped),
+            (&HOST_EVENTS_PUBLISH_FAILED_TOTAL, b.publish_failed),
         ] {
-            e.family(name, "counter", help);
-            e.sample(name, &[("bus", b.bus)], value as f64);
+            e.family(family);
+            e.sample(family.name, &[("bus", b.bus)], value as f64);
         }
-        e.family(
-            "host_event_bus_up",
-            "gauge",
-            "1 when the event bus is healthy.",
-        );
+        e.family(&HOST_EVENT_BUS_UP);
         e.sample(
-            "host_event_bus_up",
+            HOST_EVENT_BUS_UP.name,
             &[("bus", b.bus)],
             if b.healthy { 1.0 } else { 0.0 },
         );
@@ -298,14 +207,10 @@ pub async fn render(state: &AdminState, connections: Option<ConnectionCounts>) -
 
     sources(&mut e, &snap.sources);
     if let Some(o) = &snap.observer {
-        e.family(
-            "host_observer_calls_total",
-            "counter",
-            "Stage call outcomes for the observer of mode custom: handed to it, or dropped because its queue was full.",
-        );
+        e.family(&HOST_OBSERVER_CALLS_TOTAL);
         for (outcome, n) in [("delivered", o.delivered), ("dropped", o.dropped)] {
             e.sample(
-                "host_observer_calls_total",
+                HOST_OBSERVER_CALLS_TOTAL.name,
                 &[("outcome", outcome)],
                 n as f64,
             );
@@ -315,20 +220,16 @@ pub async fn render(state: &AdminState, connections: Option<ConnectionCounts>) -
         admin_connections(&mut e, &c);
     }
     if let Some(t) = &state.telemetry {
-        for ((name, help), value) in EXPORT_FAMILIES.iter().zip(t.values()) {
+        for (family, value) in EXPORT_FAMILIES.iter().zip(t.values()) {
             if let Some(value) = value {
-                e.family(name, "counter", help);
-                e.sample(name, &[], value as f64);
+                e.family(family);
+                e.sample(family.name, &[], value as f64);
             }
         }
     }
 
     let view = state.health.view().await;
-    e.family(
-        "host_component_health_status",
-        "gauge",
-        "1 for the component's current status (healthy, degraded, unhealthy).",
-    );
+    e.family(&HOST_COMPONENT_HEALTH_STATUS);
     for c in &view.components {
         for status in [
             HealthStatus::Healthy,
@@ -337,18 +238,14 @@ pub async fn render(state: &AdminState, connections: Option<ConnectionCounts>) -
         ] {
             let v = if c.status == status { 1.0 } else { 0.0 };
             e.sample(
-                "host_component_health_status",
+                HOST_COMPONENT_HEALTH_STATUS.name,
                 &[("component", &c.component), ("status", status.as_str())],
                 v,
             );
         }
     }
-    e.family(
-        "host_ready",
-        "gauge",
-        "1 when every source is up and every stage healthy.",
-    );
-    e.sample("host_ready", &[], if view.ready { 1.0 } else { 0.0 });
+    e.family(&HOST_READY);
+    e.sample(HOST_READY.name, &[], if view.ready { 1.0 } else { 0.0 });
     process(&mut e);
     e.finish()
 }
@@ -364,56 +261,43 @@ fn process(e: &mut Exposition) {
         }
     };
     for (family, value) in PROCESS_FAMILIES.iter().zip(m.values()) {
-        let kind = if family.counter { "counter" } else { "gauge" };
-        e.family(family.name, kind, family.help);
+        e.family(family);
         e.sample(family.name, &[], value);
     }
 }
 
 fn sources(e: &mut Exposition, sources: &[crate::monitor::SourceSnapshot]) {
-    e.family(
-        "host_source_connections",
-        "gauge",
-        "Peers connected to the source now.",
-    );
+    e.family(&HOST_SOURCE_CONNECTIONS);
     for s in sources {
         e.sample(
-            "host_source_connections",
+            HOST_SOURCE_CONNECTIONS.name,
             &[("source", &s.source)],
             s.connections_active as f64,
         );
     }
-    e.family(
-        "host_source_connections_total",
-        "counter",
-        "Connections to the source: accepted, or refused because max_connections were served.",
-    );
+    e.family(&HOST_SOURCE_CONNECTIONS_TOTAL);
     for s in sources {
         for (outcome, n) in [
             ("accepted", s.connections_accepted),
             ("refused", s.connections_refused),
         ] {
             e.sample(
-                "host_source_connections_total",
+                HOST_SOURCE_CONNECTIONS_TOTAL.name,
                 &[("source", &s.source), ("outcome", outcome)],
                 n as f64,
             );
         }
     }
-    e.family(
-        "host_source_peers_dropped_total",
-        "counter",
-        "Peers dropped by the source, by reason: a handshake timeout or a protocol error.",
-    );
+    e.family(&HOST_SOURCE_PEERS_DROPPED_TOTAL);
     for s in sources {
         e.sample(
-            "host_source_peers_dropped_total",
+            HOST_SOURCE_PEERS_DROPPED_TOTAL.name,
             &[("source", &s.source), ("reason", "handshake_timeout")],
             s.handshake_timeouts as f64,
         );
         for (reason, n) in &s.protocol_errors {
             e.sample(
-                "host_source_peers_dropped_total",
+                HOST_SOURCE_PEERS_DROPPED_TOTAL.name,
                 &[("source", &s.source), ("reason", reason)],
                 *n as f64,
             );
@@ -422,32 +306,20 @@ fn sources(e: &mut Exposition, sources: &[crate::monitor::SourceSnapshot]) {
 }
 
 fn admin_connections(e: &mut Exposition, c: &ConnectionCounts) {
-    e.family(
-        "host_admin_connections",
-        "gauge",
-        "Connections to the admin API open now.",
-    );
-    e.sample("host_admin_connections", &[], c.open as f64);
-    e.family(
-        "host_admin_connections_total",
-        "counter",
-        "Connections to the admin API: accepted, or refused (closed at once) because max_connections were open.",
-    );
+    e.family(&HOST_ADMIN_CONNECTIONS);
+    e.sample(HOST_ADMIN_CONNECTIONS.name, &[], c.open as f64);
+    e.family(&HOST_ADMIN_CONNECTIONS_TOTAL);
     for (outcome, n) in [("accepted", c.accepted), ("refused", c.refused)] {
         e.sample(
-            "host_admin_connections_total",
+            HOST_ADMIN_CONNECTIONS_TOTAL.name,
             &[("outcome", outcome)],
             n as f64,
         );
     }
-    e.family(
-        "host_admin_connection_timeouts_total",
-        "counter",
-        "Admin API connections closed by a timeout: header (no whole request head within header_timeout of the accept or of the previous answer), or idle (nothing read or written for idle_timeout).",
-    );
+    e.family(&HOST_ADMIN_CONNECTION_TIMEOUTS_TOTAL);
     for (timeout, n) in [("header", c.header_timeouts), ("idle", c.idle_timeouts)] {
         e.sample(
-            "host_admin_connection_timeouts_total",
+            HOST_ADMIN_CONNECTION_TIMEOUTS_TOTAL.name,
             &[("timeout", timeout)],
             n as f64,
         );

@@ -6,6 +6,7 @@
 //! Each stage's statistics are written by that stage's worker only, once per batch, so their
 //! locks are uncontended on the data path; readers take snapshots.
 
+pub mod families;
 pub mod plugin;
 pub mod process;
 pub mod stage;

@@ -28,64 +28,6 @@ pub struct ProcessMetrics {
     pub start_time_seconds: f64,
 }
 
-/// One of the standard process collector's families: its name, whether it is a counter
-/// (else a gauge), its unit (UCUM, for OTLP) and its help (as the Prometheus clients write
-/// them, so that dashboards made for any Prometheus-instrumented process work).
-#[derive(Debug, Clone, Copy)]
-pub struct ProcessFamily {
-    pub name: &'static str,
-    pub counter: bool,
-    pub unit: &'static str,
-    pub help: &'static str,
-}
-
-/// The families, in the order of [`ProcessMetrics::values`]: what `/metrics` and the OTLP
-/// export both publish.
-pub const PROCESS_FAMILIES: [ProcessFamily; 7] = [
-    ProcessFamily {
-        name: "process_cpu_seconds_total",
-        counter: true,
-        unit: "s",
-        help: "Total user and system CPU time spent in seconds.",
-    },
-    ProcessFamily {
-        name: "process_resident_memory_bytes",
-        counter: false,
-        unit: "By",
-        help: "Resident memory size in bytes.",
-    },
-    ProcessFamily {
-        name: "process_virtual_memory_bytes",
-        counter: false,
-        unit: "By",
-        help: "Virtual memory size in bytes.",
-    },
-    ProcessFamily {
-        name: "process_open_fds",
-        counter: false,
-        unit: "{file}",
-        help: "Number of open file descriptors.",
-    },
-    ProcessFamily {
-        name: "process_max_fds",
-        counter: false,
-        unit: "{file}",
-        help: "Maximum number of open file descriptors.",
-    },
-    ProcessFamily {
-        name: "process_threads",
-        counter: false,
-        unit: "{thread}",
-        help: "Number of OS threads in the process.",
-    },
-    ProcessFamily {
-        name: "process_start_time_seconds",
-        counter: false,
-        unit: "s",
-        help: "Start time of the process since unix epoch in seconds.",
-    },
-];
-
 /// Why the process's metrics could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum ProcessMetricsError {
@@ -103,7 +45,7 @@ pub enum ProcessMetricsError {
 }
 
 impl ProcessMetrics {
-    /// The values of [`PROCESS_FAMILIES`], in their order.
+    /// The values of [`PROCESS_FAMILIES`](super::families::PROCESS_FAMILIES), in their order.
     pub fn values(&self) -> [f64; 7] {
         [
             self.cpu_seconds,

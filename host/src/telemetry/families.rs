@@ -1,5 +1,6 @@
 //! The families `/metrics` serves, as OpenTelemetry instruments: names, descriptions and
-//! attributes exactly as Prometheus shows them, units in UCUM (`s`, `By`, `{record}`).
+//! attributes exactly as Prometheus shows them, units in UCUM (`s`, `By`, `{record}`), all
+//! taken from the declarations in [`crate::monitor::families`].
 //!
 //! Counters and gauges are observable instruments whose callbacks read one [`Reading`] of
 //! the monitor per collection; nothing is recorded on the data path. The SDK has no
@@ -22,14 +23,15 @@ use opentelemetry::{
     KeyValue,
 };
 
-use super::{ExportStats, EXPORT_FAMILIES};
+use super::ExportStats;
 use crate::{
     admin::LATENCY_BUCKETS,
     events::{BusHandle, BusStats},
     lock,
     monitor::{
+        families::*,
         plugin::{family_name, SeriesValue},
-        process::{ProcessMetrics, PROCESS_FAMILIES},
+        process::ProcessMetrics,
         Monitor, Snapshot,
     },
 };
@@ -234,17 +236,16 @@ impl PluginFamilies {
                     }
                 }
             };
-            const HELP: &str = "Recorded by a plugin through the host context.";
             if kind == MetricKind::Counter {
                 self.meter
                     .f64_observable_counter(family)
-                    .with_description(HELP)
+                    .with_description(PLUGIN_HELP)
                     .with_callback(observe)
                     .build();
             } else {
                 self.meter
                     .f64_observable_gauge(family)
-                    .with_description(HELP)
+                    .with_description(PLUGIN_HELP)
                     .with_callback(observe)
                     .build();
             }
@@ -284,18 +285,8 @@ pub(crate) fn register(meter: &Meter, source: &Arc<Source>) {
     sources_and_observer(&r);
     process(&r);
     *lock(&source.replay) = Some(Replay {
-        call_duration: meter
-            .f64_histogram("host_stage_call_duration_seconds")
-            .with_unit("s")
-            .with_description("Duration of stage calls.")
-            .with_boundaries(LATENCY_BUCKETS.to_vec())
-            .build(),
-        end_to_end: meter
-            .f64_histogram("host_end_to_end_latency_seconds")
-            .with_unit("s")
-            .with_description("Ingest to delivery, per delivering stage (exporter branch).")
-            .with_boundaries(LATENCY_BUCKETS.to_vec())
-            .build(),
+        call_duration: r.histogram(&HOST_STAGE_CALL_DURATION_SECONDS),
+        end_to_end: r.histogram(&HOST_END_TO_END_LATENCY_SECONDS),
         fed: HashMap::new(),
     });
 }
@@ -305,53 +296,62 @@ struct Registrar<'a> {
     source: &'a Arc<Source>,
 }
 
+/// Makes each family the instrument of its kind, with its name, unit and help.
 impl Registrar<'_> {
     fn counter(
         &self,
-        name: &'static str,
-        unit: &'static str,
-        help: &'static str,
+        family: &Family,
         f: impl Fn(&Reading, &dyn AsyncInstrument<u64>) + Send + Sync + 'static,
     ) {
+        debug_assert_eq!(family.kind, Kind::Counter, "{}", family.name);
         let source = self.source.clone();
         self.meter
-            .u64_observable_counter(name)
-            .with_unit(unit)
-            .with_description(help)
+            .u64_observable_counter(family.name)
+            .with_unit(family.unit)
+            .with_description(family.help)
             .with_callback(move |o| f(&source.reading(), o))
             .build();
     }
 
     fn f64_counter(
         &self,
-        name: &'static str,
-        unit: &'static str,
-        help: &'static str,
+        family: &Family,
         f: impl Fn(&Reading, &dyn AsyncInstrument<f64>) + Send + Sync + 'static,
     ) {
+        debug_assert_eq!(family.kind, Kind::Counter, "{}", family.name);
         let source = self.source.clone();
         self.meter
-            .f64_observable_counter(name)
-            .with_unit(unit)
-            .with_description(help)
+            .f64_observable_counter(family.name)
+            .with_unit(family.unit)
+            .with_description(family.help)
             .with_callback(move |o| f(&source.reading(), o))
             .build();
     }
 
     fn gauge(
         &self,
-        name: &'static str,
-        unit: &'static str,
-        help: &'static str,
+        family: &Family,
         f: impl Fn(&Reading, &dyn AsyncInstrument<f64>) + Send + Sync + 'static,
     ) {
+        debug_assert_eq!(family.kind, Kind::Gauge, "{}", family.name);
         let source = self.source.clone();
         self.meter
-            .f64_observable_gauge(name)
-            .with_unit(unit)
-            .with_description(help)
+            .f64_observable_gauge(family.name)
+            .with_unit(family.unit)
+            .with_description(family.help)
             .with_callback(move |o| f(&source.reading(), o))
             .build();
+    }
+
+    /// A latency histogram, with the bucket bounds of `/metrics`.
+    fn histogram(&self, family: &Family) -> Histogram<f64> {
+        debug_assert_eq!(family.kind, Kind::Histogram, "{}", family.name);
+        self.meter
+            .f64_histogram(family.name)
+            .with_unit(family.unit)
+            .with_description(family.help)
+            .with_boundaries(LATENCY_BUCKETS.to_vec())
+            .build()
     }
 }
 
@@ -360,70 +360,39 @@ fn kv(key: &'static str, value: impl Into<opentelemetry::Value>) -> KeyValue {
 }
 
 fn pipeline(r: &Registrar<'_>) {
-    r.gauge(
-        "host_uptime_seconds",
-        "s",
-        "Seconds since the pipeline started.",
-        |x, o| o.observe(x.snap.uptime_seconds, &[]),
-    );
-    r.gauge(
-        "host_monitoring_mode_info",
-        "",
-        "The coordinator mode (always 1, see the mode label).",
-        |x, o| o.observe(1.0, &[kv("mode", x.snap.mode)]),
-    );
-    r.counter(
-        "host_messages_received_total",
-        "{message}",
-        "Messages received by the sources.",
-        |x, o| o.observe(x.snap.pipeline.received, &[]),
-    );
-    r.counter(
-        "host_messages_completed_total",
-        "{message}",
-        "Messages delivered by every branch that kept them.",
-        |x, o| o.observe(x.snap.pipeline.completed, &[]),
-    );
-    r.counter(
-        "host_messages_filtered_total",
-        "{message}",
-        "Messages dropped on purpose by a stage.",
-        |x, o| o.observe(x.snap.pipeline.filtered, &[]),
-    );
-    r.counter(
-        "host_messages_failed_total",
-        "{message}",
-        "Messages that failed.",
-        |x, o| o.observe(x.snap.pipeline.failed, &[]),
-    );
-    r.counter(
-        "host_messages_failed_by_type_total",
-        "{message}",
-        "Messages that failed, by the error type of their first failure.",
-        |x, o| {
-            for (kind, n) in &x.snap.pipeline.failed_by_type {
-                o.observe(*n, &[kv("error_type", kind.to_string())]);
-            }
-        },
-    );
-    r.gauge(
-        "host_messages_in_flight",
-        "{message}",
-        "Messages received and not yet settled.",
-        |x, o| o.observe(x.snap.pipeline.in_flight as f64, &[]),
-    );
-    r.counter(
-        "host_monitor_plugin_updates_dropped_total",
-        "{update}",
-        "Plugin metric updates refused, by reason (too many series, a kind mismatch, a reserved or invalid label or name).",
-        |x, o| {
-            for (reason, n) in &x.dropped {
-                o.observe(*n, &[kv("reason", *reason)]);
-            }
-        },
-    );
-    for (i, (name, help)) in EXPORT_FAMILIES.iter().enumerate() {
-        r.counter(name, "{export}", help, move |x, o| {
+    r.gauge(&HOST_UPTIME_SECONDS, |x, o| {
+        o.observe(x.snap.uptime_seconds, &[])
+    });
+    r.gauge(&HOST_MONITORING_MODE_INFO, |x, o| {
+        o.observe(1.0, &[kv("mode", x.snap.mode)])
+    });
+    r.counter(&HOST_MESSAGES_RECEIVED_TOTAL, |x, o| {
+        o.observe(x.snap.pipeline.received, &[])
+    });
+    r.counter(&HOST_MESSAGES_COMPLETED_TOTAL, |x, o| {
+        o.observe(x.snap.pipeline.completed, &[])
+    });
+    r.counter(&HOST_MESSAGES_FILTERED_TOTAL, |x, o| {
+        o.observe(x.snap.pipeline.filtered, &[])
+    });
+    r.counter(&HOST_MESSAGES_FAILED_TOTAL, |x, o| {
+        o.observe(x.snap.pipeline.failed, &[])
+    });
+    r.counter(&HOST_MESSAGES_FAILED_BY_TYPE_TOTAL, |x, o| {
+        for (kind, n) in &x.snap.pipeline.failed_by_type {
+            o.observe(*n, &[kv("error_type", kind.to_string())]);
+        }
+    });
+    r.gauge(&HOST_MESSAGES_IN_FLIGHT, |x, o| {
+        o.observe(x.snap.pipeline.in_flight as f64, &[])
+    });
+    r.counter(&HOST_MONITOR_PLUGIN_UPDATES_DROPPED_TOTAL, |x, o| {
+        for (reason, n) in &x.dropped {
+            o.observe(*n, &[kv("reason", *reason)]);
+        }
+    });
+    for (i, family) in EXPORT_FAMILIES.iter().enumerate() {
+        r.counter(family, move |x, o| {
             if let Some(n) = x.exports[i] {
                 o.observe(n, &[]);
             }
@@ -431,78 +400,36 @@ fn pipeline(r: &Registrar<'_>) {
     }
     // The event bus's families, present when a bus runs (as on /metrics).
     type BusCount = fn(&BusStats) -> u64;
-    let bus: [(&'static str, &'static str, BusCount); 3] = [
-        (
-            "host_events_published_total",
-            "Events published to the bus.",
-            |b| b.published,
-        ),
-        (
-            "host_events_dropped_total",
-            "Events dropped because a subscriber or the publisher queue was full.",
-            |b| b.dropped,
-        ),
-        (
-            "host_events_publish_failed_total",
-            "Events that could not be written to the external bus (Redis down).",
-            |b| b.publish_failed,
-        ),
+    let bus: [(&Family, BusCount); 3] = [
+        (&HOST_EVENTS_PUBLISHED_TOTAL, |b| b.published),
+        (&HOST_EVENTS_DROPPED_TOTAL, |b| b.dropped),
+        (&HOST_EVENTS_PUBLISH_FAILED_TOTAL, |b| b.publish_failed),
     ];
-    for (name, help, get) in bus {
-        r.counter(name, "{event}", help, move |x, o| {
+    for (family, get) in bus {
+        r.counter(family, move |x, o| {
             if let Some(b) = &x.bus {
                 o.observe(get(b), &[kv("bus", b.bus)]);
             }
         });
     }
-    r.gauge(
-        "host_event_bus_up",
-        "",
-        "1 when the event bus is healthy.",
-        |x, o| {
-            if let Some(b) = &x.bus {
-                o.observe(if b.healthy { 1.0 } else { 0.0 }, &[kv("bus", b.bus)]);
-            }
-        },
-    );
+    r.gauge(&HOST_EVENT_BUS_UP, |x, o| {
+        if let Some(b) = &x.bus {
+            o.observe(if b.healthy { 1.0 } else { 0.0 }, &[kv("bus", b.bus)]);
+        }
+    });
 }
 
 fn stages(r: &Registrar<'_>) {
     type CountOf = fn(&crate::monitor::Counts) -> u64;
-    let counters: [(&'static str, &'static str, &'static str, CountOf); 5] = [
-        (
-            "host_stage_calls_total",
-            "{call}",
-            "Stage calls (one per batch).",
-            |c| c.calls,
-        ),
-        (
-            "host_stage_call_errors_total",
-            "{call}",
-            "Stage calls that failed as a whole (errors and panics).",
-            |c| c.errors,
-        ),
-        (
-            "host_stage_records_in_total",
-            "{record}",
-            "Records handed to the stage.",
-            |c| c.records_in,
-        ),
-        (
-            "host_stage_records_out_total",
-            "{record}",
-            "Records the stage passed on (exporters: exported).",
-            |c| c.records_out,
-        ),
-        (
-            "host_stage_records_failed_total",
-            "{record}",
-            "Records the stage failed.",
-            |c| c.records_failed,
-        ),
+    let counters: [(&Family, CountOf); 5] = [
+        (&HOST_STAGE_CALLS_TOTAL, |c| c.calls),
+        (&HOST_STAGE_CALL_ERRORS_TOTAL, |c| c.errors),
+        (&HOST_STAGE_RECORDS_IN_TOTAL, |c| c.records_in),
+        (&HOST_STAGE_RECORDS_OUT_TOTAL, |c| c.records_out),
+        (&HOST_STAGE_RECORDS_FAILED_TOTAL, |c| c.records_failed),
     ];
-    for (name, unit, help, get) in counters {
-        r.counter(name, unit, help, move |x, o| {
+    for (family, get) in counters {
+        r.counter(family, move |x, o| {
             for s in &x.snap.stages {
                 o.observe(
                     get(&s.counts),
@@ -511,102 +438,72 @@ fn stages(r: &Registrar<'_>) {
             }
         });
     }
-    r.counter(
-        "host_stage_errors_total",
-        "{error}",
-        "Stage errors by error type (whole calls and single records).",
-        |x, o| {
-            for s in &x.snap.stages {
-                for (kind, n) in &s.counts.errors_by_type {
-                    o.observe(
-                        *n,
-                        &[
-                            kv("stage", s.stage.clone()),
-                            kv("operation", s.operation),
-                            kv("error_type", kind.clone()),
-                        ],
-                    );
-                }
+    r.counter(&HOST_STAGE_ERRORS_TOTAL, |x, o| {
+        for s in &x.snap.stages {
+            for (kind, n) in &s.counts.errors_by_type {
+                o.observe(
+                    *n,
+                    &[
+                        kv("stage", s.stage.clone()),
+                        kv("operation", s.operation),
+                        kv("error_type", kind.clone()),
+                    ],
+                );
             }
-        },
-    );
-    r.counter(
-        "host_stage_records_by_type_total",
-        "{record}",
-        "Records handed to the stage, by the value of the monitored type field.",
-        |x, o| {
-            for s in &x.snap.stages {
-                for (kind, n) in &s.counts.data_types {
-                    o.observe(
-                        *n,
-                        &[kv("stage", s.stage.clone()), kv("type", kind.clone())],
-                    );
-                }
+        }
+    });
+    r.counter(&HOST_STAGE_RECORDS_BY_TYPE_TOTAL, |x, o| {
+        for s in &x.snap.stages {
+            for (kind, n) in &s.counts.data_types {
+                o.observe(
+                    *n,
+                    &[kv("stage", s.stage.clone()), kv("type", kind.clone())],
+                );
             }
-        },
-    );
+        }
+    });
 }
 
 fn sources_and_observer(r: &Registrar<'_>) {
-    r.gauge(
-        "host_source_connections",
-        "{connection}",
-        "Peers connected to the source now.",
-        |x, o| {
-            for s in &x.snap.sources {
-                o.observe(
-                    s.connections_active as f64,
-                    &[kv("source", s.source.clone())],
-                );
+    r.gauge(&HOST_SOURCE_CONNECTIONS, |x, o| {
+        for s in &x.snap.sources {
+            o.observe(
+                s.connections_active as f64,
+                &[kv("source", s.source.clone())],
+            );
+        }
+    });
+    r.counter(&HOST_SOURCE_CONNECTIONS_TOTAL, |x, o| {
+        for s in &x.snap.sources {
+            for (outcome, n) in [
+                ("accepted", s.connections_accepted),
+                ("refused", s.connections_refused),
+            ] {
+                o.observe(n, &[kv("source", s.source.clone()), kv("outcome", outcome)]);
             }
-        },
-    );
-    r.counter(
-        "host_source_connections_total",
-        "{connection}",
-        "Connections to the source: accepted, or refused because max_connections were served.",
-        |x, o| {
-            for s in &x.snap.sources {
-                for (outcome, n) in [
-                    ("accepted", s.connections_accepted),
-                    ("refused", s.connections_refused),
-                ] {
-                    o.observe(n, &[kv("source", s.source.clone()), kv("outcome", outcome)]);
-                }
+        }
+    });
+    r.counter(&HOST_SOURCE_PEERS_DROPPED_TOTAL, |x, o| {
+        for s in &x.snap.sources {
+            o.observe(
+                s.handshake_timeouts,
+                &[
+                    kv("source", s.source.clone()),
+                    kv("reason", "handshake_timeout"),
+                ],
+            );
+            for (reason, n) in &s.protocol_errors {
+                o.observe(*n, &[kv("source", s.source.clone()), kv("reason", *reason)]);
             }
-        },
-    );
-    r.counter(
-        "host_source_peers_dropped_total",
-        "{peer}",
-        "Peers dropped by the source, by reason: a handshake timeout or a protocol error.",
-        |x, o| {
-            for s in &x.snap.sources {
-                o.observe(
-                    s.handshake_timeouts,
-                    &[
-                        kv("source", s.source.clone()),
-                        kv("reason", "handshake_timeout"),
-                    ],
-                );
-                for (reason, n) in &s.protocol_errors {
-                    o.observe(*n, &[kv("source", s.source.clone()), kv("reason", *reason)]);
-                }
+        }
+    });
+    r.counter(&HOST_OBSERVER_CALLS_TOTAL, |x, o| {
+        if let Some(obs) = &x.snap.observer {
+            for (outcome, n) in [("delivered", obs.delivered), ("dropped", obs.dropped)] {
+                o.observe(n, &[kv("outcome", outcome)]);
             }
-        },
-    );
-    r.counter(
-        "host_observer_calls_total",
-        "{call}",
-        "Stage call outcomes for the observer of mode custom: handed to it, or dropped because its queue was full.",
-        |x, o| {
-            if let Some(obs) = &x.snap.observer {
-                for (outcome, n) in [("delivered", obs.delivered), ("dropped", obs.dropped)] {
-                    o.observe(n, &[kv("outcome", outcome)]);
-                }
-            }
-        },
-    );
+        }
+    });
 }
 
 /// The standard process collector's families, from [`ProcessMetrics::collect`] as on
@@ -618,10 +515,10 @@ fn process(r: &Registrar<'_>) {
                 o.observe(p.values()[i], &[]);
             }
         };
-        if family.counter {
-            r.f64_counter(family.name, family.unit, family.help, observe);
+        if family.kind == Kind::Counter {
+            r.f64_counter(family, observe);
         } else {
-            r.gauge(family.name, family.unit, family.help, observe);
+            r.gauge(family, observe);
         }
     }
 }

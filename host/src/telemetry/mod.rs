@@ -55,29 +55,9 @@ pub struct ExportStats {
     pub span_batches_failed: AtomicU64,
 }
 
-/// The export counts' families (name, help), in the order of [`ExportStats::values`]: what
-/// `/metrics` and the OTLP export both publish (all counters, unit `{export}`).
-pub const EXPORT_FAMILIES: [(&str, &str); 4] = [
-    (
-        "host_otlp_exports_total",
-        "Exports of the host's metrics over OTLP, whatever their outcome.",
-    ),
-    (
-        "host_otlp_export_failures_total",
-        "Exports of the host's metrics over OTLP that failed (receiver down, refused, timed out).",
-    ),
-    (
-        "host_otlp_span_exports_total",
-        "Exports of span batches over OTLP (monitoring.otlp.traces), whatever their outcome.",
-    ),
-    (
-        "host_otlp_span_export_failures_total",
-        "Exports of span batches over OTLP that failed (their spans are lost).",
-    ),
-];
-
 impl ExportStats {
-    /// The values of [`EXPORT_FAMILIES`]; the span ones only when spans are exported.
+    /// The values of [`EXPORT_FAMILIES`](crate::monitor::families::EXPORT_FAMILIES); the span
+    /// ones only when spans are exported.
     pub fn values(&self) -> [Option<u64>; 4] {
         let (exported, failed) = (self.exported.load(Relaxed), self.failed.load(Relaxed));
         let spans = self.traces.then(|| {
