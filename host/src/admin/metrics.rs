@@ -12,9 +12,6 @@ use crate::monitor::{
     process::ProcessMetrics,
 };
 
-/// Reads one count out of a stage's counts.
-type CountOf = fn(&crate::monitor::Counts) -> u64;
-
 /// Bucket bounds for latencies, in seconds (OTLP telemetry uses the same).
 pub const LATENCY_BUCKETS: [f64; 14] = [
     1e-5, 5e-5, 1e-4, 5e-4, 1e-3, 5e-3, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 60.0,
@@ -60,14 +57,7 @@ pub async fn render(state: &AdminState, connections: Option<ConnectionCounts>) -
     e.family(&HOST_MESSAGES_IN_FLIGHT);
     e.sample(HOST_MESSAGES_IN_FLIGHT.name, &[], t.in_flight as f64);
 
-    let counters: [(&Family, CountOf); 5] = [
-        (&HOST_STAGE_CALLS_TOTAL, |c| c.calls),
-        (&HOST_STAGE_CALL_ERRORS_TOTAL, |c| c.errors),
-        (&HOST_STAGE_RECORDS_IN_TOTAL, |c| c.records_in),
-        (&HOST_STAGE_RECORDS_OUT_TOTAL, |c| c.records_out),
-        (&HOST_STAGE_RECORDS_FAILED_TOTAL, |c| c.records_failed),
-    ];
-    for (family, get) in counters {
+    for (family, get) in STAGE_COUNTERS {
         e.family(family);
         for s in &snap.stages {
             e.sample(

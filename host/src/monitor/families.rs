@@ -143,6 +143,18 @@ pub const HOST_STAGE_RECORDS_FAILED_TOTAL: Family = counter(
     "{record}",
     "Records the stage failed.",
 );
+/// Reads one count out of a stage's counts.
+pub type CountOf = fn(&super::Counts) -> u64;
+
+/// The stage counters that are one count per stage (labels `stage`, `operation`), with where
+/// each is read.
+pub const STAGE_COUNTERS: [(&Family, CountOf); 5] = [
+    (&HOST_STAGE_CALLS_TOTAL, |c| c.calls),
+    (&HOST_STAGE_CALL_ERRORS_TOTAL, |c| c.errors),
+    (&HOST_STAGE_RECORDS_IN_TOTAL, |c| c.records_in),
+    (&HOST_STAGE_RECORDS_OUT_TOTAL, |c| c.records_out),
+    (&HOST_STAGE_RECORDS_FAILED_TOTAL, |c| c.records_failed),
+];
 pub const HOST_STAGE_ERRORS_TOTAL: Family = counter(
     "host_stage_errors_total",
     "{error}",

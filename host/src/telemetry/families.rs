@@ -420,15 +420,7 @@ fn pipeline(r: &Registrar<'_>) {
 }
 
 fn stages(r: &Registrar<'_>) {
-    type CountOf = fn(&crate::monitor::Counts) -> u64;
-    let counters: [(&Family, CountOf); 5] = [
-        (&HOST_STAGE_CALLS_TOTAL, |c| c.calls),
-        (&HOST_STAGE_CALL_ERRORS_TOTAL, |c| c.errors),
-        (&HOST_STAGE_RECORDS_IN_TOTAL, |c| c.records_in),
-        (&HOST_STAGE_RECORDS_OUT_TOTAL, |c| c.records_out),
-        (&HOST_STAGE_RECORDS_FAILED_TOTAL, |c| c.records_failed),
-    ];
-    for (family, get) in counters {
+    for (family, get) in STAGE_COUNTERS {
         r.counter(family, move |x, o| {
             for s in &x.snap.stages {
                 o.observe(
