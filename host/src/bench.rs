@@ -339,18 +339,18 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<()> {
         .iter()
         .map(|m| Measured::new(format!("pipeline, monitoring {}", m.as_str())))
         .collect();
-    // A pipeline with a chain of stages (run on one thread) is measured with one thread per
-    // stage too, to show what fusing them does.
-    let has_chain = {
+    // A pipeline with stages that share a thread (`runtime.fuse`) is measured with one thread
+    // per stage too, to show what fusing them does.
+    let has_fused = {
         let cfg = load(&opts.pipeline, MonitoringMode::Direct)?;
         cfg.stage_threads().len() < cfg.stages.len()
     };
     let unfused_cfg = || -> anyhow::Result<PipelineConfig> {
         let mut cfg = load(&opts.pipeline, MonitoringMode::Direct)?;
-        cfg.runtime.fuse_chains = false;
+        cfg.runtime.fuse = crate::config::Fuse::None;
         Ok(cfg)
     };
-    let mut unfused = has_chain.then(|| Measured::new("pipeline, one thread per stage"));
+    let mut unfused = has_fused.then(|| Measured::new("pipeline, one thread per stage"));
     let mut unfused_latencies = Vec::new();
     let mut fan_one = Measured::new("fan-out to 1 null exporter");
     let mut fan_n = Measured::new(format!("fan-out to {} null exporters", opts.fanout));
@@ -382,7 +382,7 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<()> {
         let paced = opts.latency_rate.max(1000);
         let (run, latency) = pipeline(cfg, paced, Some(paced)).await?;
         latencies.push((run, latency));
-        if has_chain {
+        if has_fused {
             unfused_latencies.push(pipeline(unfused_cfg()?, paced, Some(paced)).await?);
         }
         let _ = std::fs::remove_dir_all(&out_dir);
@@ -439,7 +439,7 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<()> {
     let direct = opts.modes.iter().position(|m| *m == MonitoringMode::Direct);
     if let (Some(unfused), Some(direct)) = (&unfused, direct) {
         println!(
-            "ratio chains on one thread / one thread per stage: {:.3} (cpu {:.3})",
+            "ratio fused / one thread per stage: {:.3} (cpu {:.3})",
             modes[direct].rate() / unfused.rate(),
             modes[direct].cpu_us() / unfused.cpu_us()
         );

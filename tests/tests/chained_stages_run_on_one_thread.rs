@@ -1,7 +1,8 @@
-//! A linear chain of stages runs on one thread (`runtime.fuse_chains`, on by default), and
-//! that changes nothing a user can see but the threads: the same records come out, every
-//! count is exact, and records a stage of the chain hands back are called again. With the
-//! setting off, every stage has its own thread again.
+//! A stage and the stages that take their only input from it run on one thread
+//! (`runtime.fuse: trees`, the default), and that changes nothing a user can see but the
+//! threads: the same records come out of every branch, every count is exact, and records a
+//! stage on the shared thread hands back are called again. `chains` fuses only a stage that
+//! is its input's only consumer; `none` gives every stage its own thread.
 
 use std::{collections::BTreeSet, fs};
 
@@ -19,12 +20,16 @@ fn thread_names(pid: u32) -> BTreeSet<String> {
 }
 
 /// `in -> process (rules) -> back (hand-back: fails every third record, hands the others
-/// back once, delivers them on the retry)`; returns the delivered `n`s and the threads.
-fn run(fuse_chains: bool) -> (BTreeSet<u64>, BTreeSet<String>) {
+/// back once, delivers them on the retry)`, and `process -> keep (jsonl)`; returns the `n`s
+/// each delivered and the threads.
+fn run(fuse: &str) -> (BTreeSet<u64>, BTreeSet<u64>, BTreeSet<String>) {
     let mut host = Host::start(&format!(
         r#"
 plugins:
-  paths: ["{{{{plugins}}}}/libplugin_rules.so", "{{{{fixtures}}}}/libdeferred_exporter.so"]
+  paths:
+    - "{{{{plugins}}}}/libplugin_rules.so"
+    - "{{{{plugins}}}}/libplugin_jsonl.so"
+    - "{{{{fixtures}}}}/libdeferred_exporter.so"
 sources:
   in: {{ type: zmq, socket: pull, bind: "{{{{endpoint}}}}", batch_size: 64 }}
 stages:
@@ -38,8 +43,12 @@ stages:
     plugin: hand-back
     inputs: [process]
     config: {{ out: "{{{{dir}}}}/back.jsonl", retry_after_ms: 20 }}
+  keep:
+    plugin: jsonl
+    inputs: [process]
+    config: {{ path: "{{{{dir}}}}/kept.jsonl" }}
 runtime:
-  fuse_chains: {fuse_chains}
+  fuse: {fuse}
 monitoring:
   mode: direct
   admin: {{ listen: "127.0.0.1:0" }}
@@ -57,6 +66,8 @@ monitoring:
     let completed = api["pipeline"]["completed"].as_u64().expect("completed");
     let out = host.path("back.jsonl");
     wait_for_lines(&out, completed as usize);
+    let kept_out = host.path("kept.jsonl");
+    wait_for_lines(&kept_out, (count - count / 4) as usize);
 
     let summary = host.stop();
     assert_reconciled(&summary);
@@ -87,19 +98,38 @@ monitoring:
         assert!(delivered.insert(n), "n = {n} delivered twice");
     }
     assert_eq!(delivered.len() as u64, done);
-    (delivered, threads)
+    // The other branch has every record `process` kept, unchanged by `back`.
+    let mut kept = BTreeSet::new();
+    for record in read_json_lines(&kept_out) {
+        assert_eq!(record["chained"], true, "{record}");
+        assert_eq!(record.get("_retried"), None, "{record}");
+        assert!(kept.insert(record["n"].as_u64().expect("n")), "{record}");
+    }
+    assert_eq!(kept, (0..count).filter(|n| n % 4 != 0).collect());
+    (delivered, kept, threads)
 }
 
 #[test]
-fn a_chain_shares_one_thread_and_delivers_what_separate_threads_do() {
-    let (fused, fused_threads) = run(true);
-    let (separate, separate_threads) = run(false);
-    assert_eq!(fused, separate, "the same records come out either way");
+fn stages_share_their_inputs_thread_and_deliver_what_separate_threads_do() {
+    let (trees, trees_kept, trees_threads) = run("trees");
+    let (chains, chains_kept, chains_threads) = run("chains");
+    let (none, none_kept, none_threads) = run("none");
+    assert_eq!(trees, none, "the same records come out either way");
+    assert_eq!(chains, none, "the same records come out either way");
+    assert_eq!(trees_kept, none_kept);
+    assert_eq!(chains_kept, none_kept);
     // Linux keeps the first 15 bytes of a thread's name.
-    assert!(fused_threads.contains("stage-process"), "{fused_threads:?}");
-    assert!(!fused_threads.contains("stage-back"), "{fused_threads:?}");
+    let has = |threads: &BTreeSet<String>, stage: &str| threads.contains(&format!("stage-{stage}"));
+    assert!(has(&trees_threads, "process"), "{trees_threads:?}");
     assert!(
-        separate_threads.contains("stage-process") && separate_threads.contains("stage-back"),
-        "{separate_threads:?}"
+        !has(&trees_threads, "back") && !has(&trees_threads, "keep"),
+        "{trees_threads:?}"
     );
+    // `process` has two consumers: no chain to fuse.
+    for threads in [&chains_threads, &none_threads] {
+        assert!(
+            ["process", "back", "keep"].iter().all(|s| has(threads, s)),
+            "{threads:?}"
+        );
+    }
 }

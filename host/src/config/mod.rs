@@ -224,11 +224,24 @@ pub struct RuntimeConfig {
     /// background) to be settled; what is still unsettled then fails as `drain_timeout`.
     #[serde(default = "default_drain_timeout", with = "humantime_serde")]
     pub drain_timeout: Duration,
-    /// Runs each linear chain of stages (every one the only consumer of the one before, which
-    /// is its only input) on one thread, calling them one after the other, instead of one
-    /// thread per stage with a queue between them.
-    #[serde(default = "default_fuse_chains")]
-    pub fuse_chains: bool,
+    /// Which stages share a thread, calling one another with no queue between them (see
+    /// [`PipelineConfig::stage_threads`]).
+    #[serde(default)]
+    pub fuse: Fuse,
+}
+
+/// Which stages run on the thread of the stage whose output they take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Fuse {
+    /// A stage whose only input is a stage runs on that stage's thread: a stage and its
+    /// consumers form a tree on one thread, down to stages with several inputs.
+    #[default]
+    Trees,
+    /// Only when it is also that stage's only consumer: linear chains.
+    Chains,
+    /// Every stage on its own thread.
+    None,
 }
 
 fn default_queue_capacity() -> usize {
@@ -240,9 +253,6 @@ fn default_max_in_flight() -> usize {
 fn default_drain_timeout() -> Duration {
     Duration::from_secs(30)
 }
-fn default_fuse_chains() -> bool {
-    true
-}
 
 impl Default for RuntimeConfig {
     fn default() -> Self {
@@ -250,7 +260,7 @@ impl Default for RuntimeConfig {
             queue_capacity: default_queue_capacity(),
             max_in_flight: default_max_in_flight(),
             drain_timeout: default_drain_timeout(),
-            fuse_chains: default_fuse_chains(),
+            fuse: Fuse::default(),
         }
     }
 }
@@ -881,46 +891,51 @@ impl PipelineConfig {
             .map_err(|e| self.diagnostic(at, format!("config cannot be handed to the plugin: {e}")))
     }
 
-    /// The stages grouped by the thread that runs them, each group in data-flow order: a
-    /// linear chain (each stage the only consumer of the one before, which is its only input,
-    /// and no target of `monitoring.export_to`) is one group when `runtime.fuse_chains` is on;
-    /// every other stage is a group of its own. Groups follow the file order of their first
-    /// stage.
+    /// The stages grouped by the thread that runs them (`runtime.fuse`), each group starting
+    /// with a stage that takes its input from a queue, every other stage after the one whose
+    /// output it takes (depth first, consumers in file order). A stage joins the thread of
+    /// its input when that input is its only one and a stage, and it is no target of
+    /// `monitoring.export_to` (which feeds it from outside); with `chains`, only when it is
+    /// also that stage's only consumer. Groups follow the file order of their first stage.
     pub fn stage_threads(&self) -> Vec<Vec<&str>> {
-        let fused_into: HashSet<&str> = self
-            .stages
-            .keys()
-            .filter_map(|n| self.fused_after(n))
-            .collect();
         let mut groups = Vec::new();
         for name in self.stages.keys() {
-            if fused_into.contains(name.as_str()) {
+            if self.fused_into(name).is_some() {
                 continue;
             }
-            let mut group = vec![name.as_str()];
+            let mut group = Vec::new();
+            let mut todo = vec![name.as_str()];
             // Bounded: a cycle (refused by `check`) cannot make it loop.
-            while let Some(next) = self.fused_after(group[group.len() - 1]) {
+            while let Some(stage) = todo.pop() {
                 if group.len() == self.stages.len() {
                     break;
                 }
-                group.push(next);
+                group.push(stage);
+                let fused: Vec<&str> = self
+                    .consumers_of(stage)
+                    .filter(|c| self.fused_into(c) == Some(stage))
+                    .collect();
+                todo.extend(fused.into_iter().rev());
             }
             groups.push(group);
         }
         groups
     }
 
-    /// The stage that runs right after `name` on its thread, in a fused chain.
-    fn fused_after<'a>(&'a self, name: &'a str) -> Option<&'a str> {
-        if !self.runtime.fuse_chains {
+    /// The stage on whose thread `name` runs, if not its own.
+    fn fused_into<'a>(&'a self, name: &'a str) -> Option<&'a str> {
+        let [input] = self.stages[name].inputs.as_slice() else {
             return None;
-        }
-        let mut consumers = self.consumers_of(name);
-        let next = consumers.next()?;
-        let only = consumers.next().is_none()
-            && self.stages[next].inputs.len() == 1
-            && !self.monitoring.export_to.iter().any(|t| t == next);
-        only.then_some(next)
+        };
+        let fused = match self.runtime.fuse {
+            Fuse::None => false,
+            Fuse::Trees => true,
+            Fuse::Chains => self.consumers_of(input).nth(1).is_none(),
+        };
+        let fused = fused
+            && self.stages.contains_key(input)
+            && !self.monitoring.export_to.iter().any(|t| t == name);
+        fused.then_some(input.as_str())
     }
 
     /// The names of the stages that take `name`'s output, in file order.
@@ -950,7 +965,7 @@ mod tests {
     const GOOD: &str = "sources:\n  in: { type: zmq, socket: pull, bind: \"tcp://127.0.0.1:1\" }\nstages:\n  a: { plugin: passthrough, inputs: [in] }\n  b: { plugin: null, inputs: [a] }\n";
 
     #[test]
-    fn linear_chains_share_a_thread_and_nothing_else_does() {
+    fn stages_share_the_thread_of_their_only_input() {
         let text = "sources:\n  in: { type: zmq, socket: pull, bind: \"tcp://127.0.0.1:1\" }
 stages:
   a: { plugin: passthrough, inputs: [in] }
@@ -965,7 +980,19 @@ stages:
 monitoring: { export_to: [m, w] }
 ";
         let mut cfg = parse(text).unwrap();
-        // b has two consumers, h two inputs, m also takes the monitor's windows.
+        // h has two inputs, m also takes the monitor's windows.
+        assert_eq!(
+            cfg.stage_threads(),
+            [
+                vec!["a", "b", "c", "d"],
+                vec!["h"],
+                vec!["e", "f"],
+                vec!["m"],
+                vec!["w"]
+            ]
+        );
+        // b has two consumers: only chains.
+        cfg.runtime.fuse = Fuse::Chains;
         assert_eq!(
             cfg.stage_threads(),
             [
@@ -978,7 +1005,7 @@ monitoring: { export_to: [m, w] }
                 vec!["w"]
             ]
         );
-        cfg.runtime.fuse_chains = false;
+        cfg.runtime.fuse = Fuse::None;
         assert_eq!(cfg.stage_threads().len(), cfg.stages.len());
     }
 

@@ -402,6 +402,9 @@ impl Topology {
                     built.stats.clone(),
                     &monitoring.health,
                 ));
+                // Consumers on this thread are called; the others get a queue.
+                let (here, elsewhere): (Vec<&str>, Vec<&str>) =
+                    cfg.consumers_of(name).partition(|c| group.contains(c));
                 stages.push(WorkerStage {
                     name: built.name,
                     kind: built.kind,
@@ -409,14 +412,18 @@ impl Topology {
                     probe: built.probe,
                     coordinator: Coordinator::new(observed, tracer),
                     stats: built.stats,
+                    consumers: here
+                        .iter()
+                        .map(|c| group.iter().position(|g| g == c).expect("in the group"))
+                        .collect(),
+                    outputs: elsewhere.iter().map(|c| senders[*c].clone()).collect(),
                 });
             }
-            let (first, last) = (group[0], group[group.len() - 1]);
+            let first = group[0];
             let worker = Worker {
                 stages,
                 type_field: type_field.clone(),
                 input: receivers.remove(first).expect("one queue per stage"),
-                outputs: outputs_of(last),
                 finish: finish_rx.clone(),
                 runtime: runtime.clone(),
             };

@@ -4,14 +4,14 @@
 //! its stage: nothing else calls it, so no lock is taken per batch, and health checks are
 //! answered by the worker between calls (see [`StageProbe`]).
 //!
-//! A worker may run a linear chain of stages (`runtime.fuse_chains`, see
-//! `PipelineConfig::stage_threads`): it calls each stage with the output of the one before,
-//! on the same thread, with no queue between them. A record then stays in one core's cache
-//! from the first stage of the chain to the last, with no hand-off to another thread (and
-//! the cache misses of one) per hop. A stage of the chain that is not ready keeps the
-//! output of the one before waiting (the chain takes no new batch meanwhile), as a full queue
-//! would. Everything else (ticks, retries, health answers, the drain) is per stage, as it is
-//! for a worker of one.
+//! A worker may run several stages (`runtime.fuse`, see `PipelineConfig::stage_threads`): a
+//! first stage and stages that take their only input from a stage of the worker, a chain or
+//! a tree. It calls each with the output of the one before, on the same thread, with no
+//! queue between them. A record then stays in one core's cache from the first stage to the
+//! last, with no hand-off to another thread (and the cache misses of one) per hop. A stage
+//! that is not ready keeps the output of the one before waiting (the worker takes no new
+//! batch meanwhile), as a full queue would. Everything else (ticks, retries, health answers,
+//! the drain) is per stage, as it is for a worker of one.
 //!
 //! A stage may take records for later (acknowledged delivery). The worker hands each call an
 //! acknowledgement handle ([`HostAck`]) that settles them from any thread, and takes back
@@ -149,17 +149,19 @@ pub struct WorkerStage {
     /// Observes (and traces) the calls.
     pub coordinator: Coordinator,
     pub stats: Arc<StageStats>,
+    /// The stages of this worker that take this one's output (indices, each after this one).
+    pub consumers: Vec<usize>,
+    /// The queues of the other workers' stages that take this one's output.
+    pub outputs: Vec<mpsc::Sender<Queued>>,
 }
 
 pub struct Worker {
-    /// One stage, or a chain: each takes the output of the one before.
+    /// One stage, or several: the first, then each after the one whose output it takes.
     pub stages: Vec<WorkerStage>,
     /// The field whose values are counted per stage (`monitoring.type_field`).
     pub type_field: Arc<str>,
     /// The first stage's input.
     pub input: mpsc::Receiver<Queued>,
-    /// Where the last stage's output goes.
-    pub outputs: Vec<mpsc::Sender<Queued>>,
     /// Turns true when the drain timeout ends: stop, failing what is still queued.
     pub finish: watch::Receiver<bool>,
     /// For timers while the worker waits.
@@ -188,11 +190,13 @@ struct Slot {
     retries: std_mpsc::Receiver<Retry>,
     delayed: Vec<Retry>,
     next_tick: Option<Instant>,
-    /// Exporters deliver what they keep; so does a last stage nobody reads from.
+    /// Exporters deliver what they keep; so does a stage nobody reads from.
     delivers: bool,
-    /// The output of the stage before, waiting for this one to be ready (chains only).
+    /// The output of the stage before, waiting for this one to be ready (not the first).
     waiting: VecDeque<Envelope>,
     flushed: bool,
+    /// The stage of this worker whose output this one takes (none for the first).
+    parent: Option<usize>,
 }
 
 /// What a running worker has.
@@ -203,7 +207,6 @@ struct Running {
     type_field: Arc<str>,
     input: mpsc::Receiver<Queued>,
     input_open: bool,
-    outputs: Vec<mpsc::Sender<Queued>>,
     finish: watch::Receiver<bool>,
     runtime: tokio::runtime::Handle,
 }
@@ -223,9 +226,13 @@ impl Worker {
     /// or until the drain timeout ends.
     pub fn run(self) {
         let observed = self.stages.iter().any(|s| s.coordinator.is_enabled());
-        let last = self.stages.len() - 1;
-        let has_outputs = !self.outputs.is_empty();
         let single = self.stages.len() == 1;
+        let mut parents = vec![None; self.stages.len()];
+        for (i, stage) in self.stages.iter().enumerate() {
+            for &c in &stage.consumers {
+                parents[c] = Some(i);
+            }
+        }
         // A worker of one stage names it for the thread's whole life; a chain names each
         // stage around its calls.
         let _span = single.then(|| crate::logging::stage_span(&self.stages[0].name).entered());
@@ -250,9 +257,11 @@ impl Worker {
                     retries: retry_rx,
                     delayed: Vec::new(),
                     next_tick: None,
-                    delivers: stage.kind == StageKind::Exporter || (i == last && !has_outputs),
+                    delivers: stage.kind == StageKind::Exporter
+                        || (stage.consumers.is_empty() && stage.outputs.is_empty()),
                     waiting: VecDeque::new(),
                     flushed: false,
+                    parent: parents[i],
                     stage,
                 }
             })
@@ -263,7 +272,6 @@ impl Worker {
             type_field: self.type_field,
             input: self.input,
             input_open: true,
-            outputs: self.outputs,
             finish: self.finish,
             runtime: self.runtime,
         };
@@ -293,7 +301,7 @@ impl Running {
             }
             // A stage that cannot take a batch now (its own buffer is full) is asked again
             // shortly; meanwhile batches wait in the queue and the pipeline slows down. So
-            // does a chain with a batch still waiting between two of its stages.
+            // does a worker with a batch still waiting between two of its stages.
             let take_input =
                 self.input_open && self.slots.iter().all(|s| s.waiting.is_empty()) && self.ready(0);
             if take_input {
@@ -324,8 +332,9 @@ impl Running {
         tracing::debug!(stage = %self.slots[0].stage.name, stages = self.slots.len(), "worker drained");
     }
 
-    /// Does one thing that is due, the last stage first (it frees the most): a batch waiting
-    /// between stages, a retry, a tick. False when nothing was.
+    /// Does one thing that is due, the last stage first (it frees the most; a stage comes
+    /// after the one it takes from): a batch waiting between stages, a retry, a tick. False
+    /// when nothing was.
     fn step(&mut self, now: Instant) -> bool {
         for i in (0..self.slots.len()).rev() {
             if !self.slots[i].waiting.is_empty() && self.ready(i) {
@@ -365,12 +374,16 @@ impl Running {
     }
 
     /// After the input has ended: flushes each stage once everything before it is done, and
-    /// says when the last one is (the input ended, nothing is waiting or taken for later).
+    /// says when every one is (the input ended, nothing is waiting or taken for later).
     fn drain(&mut self) -> Drain {
-        let mut upstream_done = !self.input_open;
+        let mut done = vec![false; self.slots.len()];
         for i in 0..self.slots.len() {
+            let upstream_done = match self.slots[i].parent {
+                Some(p) => done[p],
+                None => !self.input_open,
+            };
             if !upstream_done || !self.slots[i].waiting.is_empty() {
-                return Drain::Going;
+                continue;
             }
             if !self.slots[i].flushed {
                 self.flush(i);
@@ -382,9 +395,9 @@ impl Running {
             // count as settled, so none can slip between the two.
             let outstanding = slot.acks.outstanding.load(Acquire);
             slot.delayed.extend(slot.retries.try_iter());
-            upstream_done = outstanding <= 0 && slot.delayed.is_empty();
+            done[i] = outstanding <= 0 && slot.delayed.is_empty();
         }
-        if upstream_done {
+        if done.iter().all(|&d| d) {
             Drain::Done
         } else {
             Drain::Going
@@ -506,21 +519,35 @@ impl Running {
         }
     }
 
-    /// Calls stage `i` with an envelope, then each stage after it with the output of the one
-    /// before, as long as the next is ready; the last one's output goes to the outputs.
-    fn handle(&mut self, mut i: usize, envelope: Envelope) {
-        let mut next = self.process(i, envelope);
-        while let Some(envelope) = next {
-            if i + 1 == self.slots.len() {
-                self.send(envelope);
-                return;
+    /// Calls stage `i` with an envelope, then each stage of this worker that takes its
+    /// output, and so on: a stage that is not ready (or has batches waiting before this one)
+    /// keeps its share waiting. Outputs to other workers are sent as they come.
+    fn handle(&mut self, i: usize, envelope: Envelope) {
+        let mut todo = vec![(i, envelope)];
+        while let Some((i, envelope)) = todo.pop() {
+            let Some(output) = self.process(i, envelope) else {
+                continue;
+            };
+            let slot = &self.slots[i];
+            let mut shares = output
+                .fan_out(slot.stage.outputs.len() + slot.stage.consumers.len())
+                .into_iter();
+            for tx in &slot.stage.outputs {
+                let share = shares.next().expect("one share per output");
+                if let Err(mpsc::error::SendError(lost)) = tx.blocking_send(share.into()) {
+                    lost.fail_all("pipeline_closed");
+                }
             }
-            i += 1;
-            if !self.slots[i].waiting.is_empty() || !self.ready(i) {
-                self.slots[i].waiting.push_back(envelope);
-                return;
+            // In reverse, so that the first consumer is called first.
+            for c in (0..self.slots[i].stage.consumers.len()).rev() {
+                let share = shares.next_back().expect("one share per consumer");
+                let c = self.slots[i].stage.consumers[c];
+                if !self.slots[c].waiting.is_empty() || !self.ready(c) {
+                    self.slots[c].waiting.push_back(share);
+                } else {
+                    todo.push((c, share));
+                }
             }
-            next = self.process(i, envelope);
         }
     }
 
@@ -537,9 +564,8 @@ impl Running {
             _ => self.slots[i].waiting.len(),
         };
         let (observed, type_field) = (self.observed, &self.type_field);
-        let last = i + 1 == self.slots.len();
-        let has_outputs = !last || !self.outputs.is_empty();
         let slot = &mut self.slots[i];
+        let has_outputs = !(slot.stage.consumers.is_empty() && slot.stage.outputs.is_empty());
         let _span = slot.span.enter();
         let this = &mut slot.stage;
         // What is still queued behind this batch: a stage that keeps a deep queue is the
@@ -618,18 +644,5 @@ impl Running {
             }
         }
         (!envelope.records.is_empty() && has_outputs).then_some(envelope)
-    }
-
-    /// Sends the last stage's output to every consumer.
-    fn send(&mut self, envelope: Envelope) {
-        for (tx, envelope) in self
-            .outputs
-            .iter()
-            .zip(envelope.fan_out(self.outputs.len()))
-        {
-            if let Err(mpsc::error::SendError(lost)) = tx.blocking_send(envelope.into()) {
-                lost.fail_all("pipeline_closed");
-            }
-        }
     }
 }
