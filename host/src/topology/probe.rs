@@ -5,7 +5,7 @@
 //! a stage that is busy, and never needs a thread of its own: it asks, and the worker answers
 //! between calls, or at once when it is idle. A check that finds the stage in a call answers
 //! from the stage's last report; one that finds it in the same call for longer than the
-//! check's timeout calls it stuck. A worker may run several stages (a fused chain, see
+//! check's timeout calls it stuck. A worker may run several stages (`runtime.fuse`, see
 //! `worker`): a check of one of them while the thread is in another's call answers from the
 //! last report too, without waiting.
 

@@ -233,7 +233,7 @@ impl Worker {
                 parents[c] = Some(i);
             }
         }
-        // A worker of one stage names it for the thread's whole life; a chain names each
+        // A worker of one stage names it for the thread's whole life; a worker of several names each
         // stage around its calls.
         let _span = single.then(|| crate::logging::stage_span(&self.stages[0].name).entered());
         let slots = self
