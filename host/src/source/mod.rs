@@ -75,13 +75,34 @@ pub struct Messages {
 pub struct MessageBuffer {
     bytes: Vec<u8>,
     ends: Vec<(usize, u64)>,
+    /// The bytes and messages of the last buffer taken from here, which the next one is
+    /// sized like: growing each batch's buffer step by step from small copies it each time.
+    last: (usize, usize),
 }
 
 impl MessageBuffer {
-    /// Makes room for about `messages` more like `payload`.
+    /// A batch of large messages does not make every later batch reserve as much up front.
+    const MAX_PRESIZE: usize = 4 << 20;
+
+    /// Makes room, in an empty buffer, for as much as the last batch held (an eighth more,
+    /// up to [`MessageBuffer::MAX_PRESIZE`] bytes), and at least for `messages` like
+    /// `payload`.
     pub fn reserve_like(&mut self, payload: &[u8], messages: usize) {
-        self.bytes.reserve(payload.len() * messages);
-        self.ends.reserve(messages);
+        let (last_bytes, last_messages) = self.last;
+        let like_last = (last_bytes + last_bytes / 8).min(Self::MAX_PRESIZE);
+        self.bytes.reserve(like_last.max(payload.len() * messages));
+        self.ends
+            .reserve((last_messages + last_messages / 8).max(messages));
+    }
+
+    /// The messages gathered so far, leaving this buffer empty (and remembering their size).
+    pub fn take(&mut self) -> MessageBuffer {
+        self.last = (self.bytes.len(), self.ends.len());
+        MessageBuffer {
+            bytes: std::mem::take(&mut self.bytes),
+            ends: std::mem::take(&mut self.ends),
+            last: self.last,
+        }
     }
 
     pub fn push(&mut self, payload: &[u8], received_at_ns: u64) {

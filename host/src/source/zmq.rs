@@ -199,7 +199,7 @@ impl Sink for BatchSink {
 
     async fn flush(&mut self) {
         if !self.buffer.is_empty() {
-            let buffer = std::mem::take(&mut self.buffer);
+            let buffer = self.buffer.take();
             let n = buffer.len();
             let Some((first_id, lineage)) =
                 admit(n, &self.counters, &self.next_id, &mut self.give_up).await

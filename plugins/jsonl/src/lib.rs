@@ -1,15 +1,16 @@
 //! An exporter stage that appends records to a file, or writes them to stdout, as JSON lines.
 //!
 //! The principal type in this crate is [`Jsonl`], the stage `jsonl`: it is built from a
-//! [`JsonlConfig`], writes each record of a batch as one line of JSON through a 1 MiB buffer,
-//! and flushes once at the end of the batch, so a crash loses at most the batch in progress.
+//! [`JsonlConfig`], encodes each record of a batch as one line of JSON into one buffer, then
+//! writes the buffer (one `write` call as a rule) and flushes, so a crash loses at most the
+//! batch in progress.
 //! When a write fails, the records whose lines did not reach the file in full are reported as
 //! failed with error kind `io`; the ones before them count as exported. See the crate's README
 //! for the config keys.
 
 use std::{
     fs::{self, File, OpenOptions},
-    io::{self, BufWriter, Read, Seek, SeekFrom, Write},
+    io::{self, Read, Seek, SeekFrom, Write},
     path::Path,
 };
 
@@ -27,104 +28,82 @@ pub struct JsonlConfig {
     pub path: String,
 }
 
-/// Big enough that a typical batch is written with one `write` call.
-const BUFFER_BYTES: usize = 1 << 20;
+/// What the encoding buffer keeps between batches at most: a batch of large records may
+/// grow it further, and it gives the excess back after that batch.
+const KEEP_BUFFER_BYTES: usize = 4 << 20;
 
 /// The `jsonl` stage: see the crate documentation.
 pub struct Jsonl {
     /// The configured path, for messages.
     path: String,
-    writer: BufWriter<Sink>,
-    /// Where each line of the batch being written ends, as an offset in the output stream
-    /// (see [`Sink::written`]); kept between batches so that its allocation is reused.
-    line_ends: Vec<u64>,
+    out: Box<dyn Write + Send>,
+    /// The batch being written, encoded: one `write` call takes all of it in the usual case.
+    /// Kept between batches so that its allocation is reused.
+    buffer: Vec<u8>,
+    /// Where each line of the batch ends in `buffer` (same reuse).
+    line_ends: Vec<usize>,
+    /// Whether the last byte that reached `out` ends a line.
+    at_line_start: bool,
     /// Why the last batch was not written in full; `None` once one is.
     last_error: Option<String>,
-}
-
-/// The output under the buffer. It counts the bytes that reached the output, which tells
-/// which records were written when a write fails part way, and it remembers whether the
-/// output ends at a line boundary.
-struct Sink {
-    out: Box<dyn Write + Send>,
-    /// Bytes written to `out` since the stage was built.
-    written: u64,
-    /// Whether the last byte written to `out` ends a line.
-    at_line_start: bool,
-    /// While set, writes are accepted and thrown away: see [`Jsonl::discard_buffered`].
-    discarding: bool,
-}
-
-impl Write for Sink {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        if self.discarding {
-            return Ok(buf.len());
-        }
-        let n = self.out.write(buf)?;
-        if n > 0 {
-            self.written += n as u64;
-            self.at_line_start = buf[n - 1] == b'\n';
-        }
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        if self.discarding {
-            return Ok(());
-        }
-        self.out.flush()
-    }
 }
 
 impl Jsonl {
     /// Wraps an opened output; `at_line_start` says whether what it already holds ends a line.
     fn new(path: String, out: Box<dyn Write + Send>, at_line_start: bool) -> Self {
-        let sink = Sink {
-            out,
-            written: 0,
-            at_line_start,
-            discarding: false,
-        };
         Jsonl {
             path,
-            writer: BufWriter::with_capacity(BUFFER_BYTES, sink),
+            out,
+            buffer: Vec::new(),
             line_ends: Vec::new(),
+            at_line_start,
             last_error: None,
         }
     }
 
-    /// The offset in the output stream of the next byte handed to the buffer.
-    fn stream_offset(&self) -> u64 {
-        self.writer.get_ref().written + self.writer.buffer().len() as u64
-    }
-
-    /// Writes every record as a line and flushes, recording where each line ends; stops at
-    /// the first error.
-    fn write_batch(&mut self, records: &[Record]) -> io::Result<()> {
+    /// Encodes every record as a line, then writes them and flushes. Returns how many bytes
+    /// of the buffer reached the output, and the error that stopped it short, if any.
+    fn write_batch(&mut self, records: &[Record]) -> (usize, Option<io::Error>) {
+        self.buffer.clear();
         self.line_ends.clear();
-        if !self.writer.get_ref().at_line_start {
+        if !self.at_line_start {
             // A failed write, or a crash, left part of a line behind: end it, so that the
             // lines written from now on stay readable on their own.
-            self.writer.write_all(b"\n")?;
+            self.buffer.push(b'\n');
         }
         for record in records {
-            // Serializing a record cannot fail by itself (keys are strings, non-finite
-            // floats become null), so an error here is the output's.
-            serde_json::to_writer(&mut self.writer, record)?;
-            self.writer.write_all(b"\n")?;
-            self.line_ends.push(self.stream_offset());
+            // Encoding into memory cannot fail (keys are strings, non-finite floats become
+            // null).
+            serde_json::to_writer(&mut self.buffer, record).expect("a record encodes as JSON");
+            self.buffer.push(b'\n');
+            self.line_ends.push(self.buffer.len());
         }
-        self.writer.flush()
-    }
-
-    /// Throws away what the buffer still holds after a failed write: those bytes belong to
-    /// records that are reported as failed, so they must not reach the output later.
-    /// (`BufWriter` has no `clear`; flushing into a sink that discards is the same.)
-    fn discard_buffered(&mut self) {
-        self.writer.get_mut().discarding = true;
-        let discarded = self.writer.flush();
-        debug_assert!(discarded.is_ok(), "a discarding sink does not fail");
-        self.writer.get_mut().discarding = false;
+        let mut written = 0;
+        let mut error = None;
+        while written < self.buffer.len() {
+            match self.out.write(&self.buffer[written..]) {
+                Ok(0) => {
+                    error = Some(io::ErrorKind::WriteZero.into());
+                    break;
+                }
+                Ok(n) => written += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    error = Some(e);
+                    break;
+                }
+            }
+        }
+        if written > 0 {
+            self.at_line_start = self.buffer[written - 1] == b'\n';
+        }
+        if error.is_none() {
+            error = self.out.flush().err();
+        }
+        if self.buffer.capacity() > KEEP_BUFFER_BYTES {
+            self.buffer = Vec::new();
+        }
+        (written, error)
     }
 
     fn note_failure(&mut self, message: &str, failed: usize) {
@@ -196,18 +175,14 @@ impl Stage for Jsonl {
         if batch.is_empty() {
             return Ok(());
         }
-        let error = match self.write_batch(batch.records()) {
-            Ok(()) => {
-                self.note_success();
-                return Ok(());
-            }
-            Err(e) => format!("writing {}: {e}", self.path),
+        let (written, error) = self.write_batch(batch.records());
+        let Some(error) = error else {
+            self.note_success();
+            return Ok(());
         };
-        self.discard_buffered();
-
+        let error = format!("writing {}: {error}", self.path);
         // A record was exported if its whole line reached the output; every other record
         // leaves the batch as failed.
-        let written = self.writer.get_ref().written;
         let exported = self.line_ends.partition_point(|&end| end <= written);
         self.note_failure(&error, batch.len() - exported);
         let mut index = 0;
@@ -224,7 +199,7 @@ impl Stage for Jsonl {
     }
 
     fn flush(&mut self) -> Result<(), StageError> {
-        self.writer
+        self.out
             .flush()
             .map_err(|e| StageError::new("io", format!("flushing {}: {e}", self.path)))
     }
@@ -427,7 +402,7 @@ mod tests {
         assert_eq!(jsonl.health().status(), HealthStatus::Unhealthy);
 
         // Once there is room again, the next batch first ends the cut line; the bytes of
-        // the failed records still buffered were thrown away, not written late.
+        // the failed records were not kept to be written late.
         *out.room.lock().unwrap() = 1000;
         let mut b = batch(5, &[r#"{"n":5}"#]);
         jsonl.process(&mut b).unwrap();
