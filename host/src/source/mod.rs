@@ -201,6 +201,37 @@ mod tests {
     }
 
     #[test]
+    fn a_batch_buffer_starts_at_the_size_of_the_last_one_up_to_a_cap() {
+        let mut buffer = MessageBuffer::default();
+        let payload = [b'x'; 100];
+        for _ in 0..1000 {
+            buffer.push(&payload, 0);
+        }
+        let taken = buffer.take();
+        assert_eq!((taken.len(), buffer.len()), (1000, 0));
+        buffer.reserve_like(&payload, 64);
+        assert!(
+            buffer.bytes.capacity() >= 100_000,
+            "{}",
+            buffer.bytes.capacity()
+        );
+        assert!(buffer.ends.capacity() >= 1000, "{}", buffer.ends.capacity());
+
+        // A batch of large messages: the next buffer is not reserved as large.
+        let large = vec![b'x'; 1 << 20];
+        for _ in 0..8 {
+            buffer.push(&large, 0);
+        }
+        buffer.take();
+        buffer.reserve_like(&payload, 64);
+        let reserved = buffer.bytes.capacity();
+        assert!(
+            (MessageBuffer::MAX_PRESIZE..2 * MessageBuffer::MAX_PRESIZE).contains(&reserved),
+            "{reserved}"
+        );
+    }
+
+    #[test]
     fn raw_keeps_text_or_bytes() {
         let r = decode(b"hello", Decode::Raw, 64).unwrap();
         assert_eq!(r.get("message").and_then(|v| v.as_str()), Some("hello"));
