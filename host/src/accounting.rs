@@ -438,12 +438,18 @@ pub fn received_runs(records: &[Record]) -> Box<[(u64, u64)]> {
         .map(Record::received_at_ns)
         .filter(|&at| at != 0)
     {
-        match runs.last_mut() {
-            Some((t, n)) if *t == at => *n += 1,
-            _ => runs.push((at, 1)),
-        }
+        add_to_runs(&mut runs, at);
     }
     runs.into_boxed_slice()
+}
+
+/// Counts one more record received at `at` in `runs` (see [`received_runs`]).
+#[inline]
+pub fn add_to_runs(runs: &mut Vec<(u64, u64)>, at: u64) {
+    match runs.last_mut() {
+        Some((t, n)) if *t == at => *n += 1,
+        _ => runs.push((at, 1)),
+    }
 }
 
 impl Envelope {

@@ -11,7 +11,7 @@ use abi_stable::std_types::{RArc, RVec};
 use plugin_api::{JsonError, Record, Value};
 
 use crate::{
-    accounting::{Envelope, Facts, Lineage},
+    accounting::{add_to_runs, Envelope, Facts, Lineage},
     config::Decode,
 };
 
@@ -154,10 +154,7 @@ impl Messages {
                     record.set_origin(id, payload.len() as u64, at);
                     records.push(record);
                     ids.push(id);
-                    match received.last_mut() {
-                        Some((t, n)) if *t == at => *n += 1,
-                        _ => received.push((at, 1)),
-                    }
+                    add_to_runs(&mut received, at);
                 }
                 Err(e) => self.lineage.failed(id, e.error_type()),
             }

@@ -18,7 +18,7 @@ use super::{
     DecodeError, MessageBuffer,
 };
 use crate::{
-    accounting::{Envelope, Facts, Lineage, PipelineCounters, Queued, DRAIN_TIMEOUT},
+    accounting::{add_to_runs, Envelope, Facts, Lineage, PipelineCounters, Queued, DRAIN_TIMEOUT},
     config::{Decode, SocketKind, SourceConfig},
 };
 
@@ -285,10 +285,7 @@ async fn send_batch(
     for (i, r) in records.iter_mut().enumerate() {
         let (size, at) = (r.size_bytes(), r.received_at_ns());
         r.set_origin(first_id + i as u64, size, at);
-        match received.last_mut() {
-            Some((t, n)) if *t == at => *n += 1,
-            _ => received.push((at, 1)),
-        }
+        add_to_runs(&mut received, at);
     }
     let facts = Facts::known(
         (first_id..first_id + records.len() as u64).collect(),

@@ -71,15 +71,21 @@ impl Jsonl {
             // lines written from now on stay readable on their own.
             self.buffer.push(b'\n');
         }
+        let mut error = None;
         for record in records {
-            // Encoding into memory cannot fail (keys are strings, non-finite floats become
-            // null).
-            serde_json::to_writer(&mut self.buffer, record).expect("a record encodes as JSON");
+            let line_start = self.buffer.len();
+            if let Err(e) = serde_json::to_writer(&mut self.buffer, record) {
+                // Only a value serde_json cannot write (none a record holds today) gets
+                // here: the lines before it are written, it and the rest fail, as when a
+                // write fails part way.
+                self.buffer.truncate(line_start);
+                error = Some(io::Error::new(io::ErrorKind::InvalidData, e));
+                break;
+            }
             self.buffer.push(b'\n');
             self.line_ends.push(self.buffer.len());
         }
         let mut written = 0;
-        let mut error = None;
         while written < self.buffer.len() {
             match self.out.write(&self.buffer[written..]) {
                 Ok(0) => {
@@ -97,8 +103,8 @@ impl Jsonl {
         if written > 0 {
             self.at_line_start = self.buffer[written - 1] == b'\n';
         }
-        if error.is_none() {
-            error = self.out.flush().err();
+        if let Err(e) = self.out.flush() {
+            error.get_or_insert(e);
         }
         if self.buffer.capacity() > KEEP_BUFFER_BYTES {
             self.buffer = Vec::new();
