@@ -21,7 +21,7 @@ use anyhow::{bail, Context};
 use zeromq::{Socket, SocketRecv};
 
 use crate::{
-    config::{MonitoringMode, PipelineConfig},
+    config::{Fuse, MonitoringMode, PipelineConfig},
     monitor::LatencySummary,
     plugins::registry::Registry,
     publish::generated_message,
@@ -300,8 +300,9 @@ fn load(path: &Path, mode: MonitoringMode) -> anyhow::Result<PipelineConfig> {
     Ok(cfg)
 }
 
-/// One source fanned out to `n` `null` exporters.
-fn fanout_config(n: usize) -> anyhow::Result<PipelineConfig> {
+/// One source fanned out to `n` `null` exporters, on one thread (`runtime.fuse: trees`, the
+/// default) or each on its own (`none`).
+fn fanout_config(n: usize, fuse: Fuse) -> anyhow::Result<PipelineConfig> {
     let mut text = String::from(
         "sources:\n  in: { type: zmq, socket: pull, bind: \"tcp://127.0.0.1:0\" }\nstages:\n",
     );
@@ -309,11 +310,9 @@ fn fanout_config(n: usize) -> anyhow::Result<PipelineConfig> {
         text.push_str(&format!("  out{i}: {{ plugin: \"null\", inputs: [in] }}\n"));
     }
     text.push_str("monitoring: { mode: direct, admin: { listen: null } }\n");
-    Ok(PipelineConfig::parse(
-        Path::new("<fan-out>"),
-        &text,
-        |_| None,
-    )?)
+    let mut cfg = PipelineConfig::parse(Path::new("<fan-out>"), &text, |_| None)?;
+    cfg.runtime.fuse = fuse;
+    Ok(cfg)
 }
 
 /// The round with the median p99.
@@ -347,13 +346,14 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<()> {
     };
     let unfused_cfg = || -> anyhow::Result<PipelineConfig> {
         let mut cfg = load(&opts.pipeline, MonitoringMode::Direct)?;
-        cfg.runtime.fuse = crate::config::Fuse::None;
+        cfg.runtime.fuse = Fuse::None;
         Ok(cfg)
     };
     let mut unfused = has_fused.then(|| Measured::new("pipeline, one thread per stage"));
     let mut unfused_latencies = Vec::new();
     let mut fan_one = Measured::new("fan-out to 1 null exporter");
     let mut fan_n = Measured::new(format!("fan-out to {} null exporters", opts.fanout));
+    let mut fan_n_apart = Measured::new(format!("fan-out to {}, one thread each", opts.fanout));
     let mut latencies = Vec::new();
     for round in 0..opts.rounds {
         raw_z.runs.push(raw_zeromq(opts.count).await?);
@@ -369,14 +369,14 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<()> {
                 .push(pipeline(unfused_cfg()?, opts.count, None).await?.0);
             let _ = std::fs::remove_dir_all(&out_dir);
         }
-        fan_one
-            .runs
-            .push(pipeline(fanout_config(1)?, opts.count, None).await?.0);
-        fan_n.runs.push(
-            pipeline(fanout_config(opts.fanout)?, opts.count, None)
-                .await?
-                .0,
-        );
+        for (measured, n, fuse) in [
+            (&mut fan_one, 1, Fuse::Trees),
+            (&mut fan_n, opts.fanout, Fuse::Trees),
+            (&mut fan_n_apart, opts.fanout, Fuse::None),
+        ] {
+            let cfg = fanout_config(n, fuse)?;
+            measured.runs.push(pipeline(cfg, opts.count, None).await?.0);
+        }
         // About a second of traffic at the offered rate.
         let cfg = load(&opts.pipeline, MonitoringMode::Direct)?;
         let paced = opts.latency_rate.max(1000);
@@ -406,7 +406,7 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<()> {
         .chain(std::iter::once(&raw_h))
         .chain(&modes)
         .chain(&unfused)
-        .chain([&fan_one, &fan_n])
+        .chain([&fan_one, &fan_n, &fan_n_apart])
     {
         println!(
             "{:<40} {:>12.0} {:>9.3} {:>11.3} {:>11.2}",
@@ -445,9 +445,10 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<()> {
         );
     }
     println!(
-        "ratio fan-out {} / 1: {:.3}",
+        "ratio fan-out {} / 1: {:.3} (one thread each: {:.3})",
         opts.fanout,
-        fan_n.rate() / fan_one.rate()
+        fan_n.rate() / fan_one.rate(),
+        fan_n_apart.rate() / fan_one.rate()
     );
     for (latencies, how) in [
         (latencies, "pipeline direct"),

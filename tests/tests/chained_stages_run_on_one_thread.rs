@@ -1,8 +1,10 @@
 //! A stage and the stages that take their only input from it run on one thread
-//! (`runtime.fuse: trees`, the default), and that changes nothing a user can see but the
-//! threads: the same records come out of every branch, every count is exact, and records a
-//! stage on the shared thread hands back are called again. `chains` fuses only a stage that
-//! is its input's only consumer; `none` gives every stage its own thread.
+//! (`runtime.fuse: trees`, the default), and so do the stages that take only the same
+//! source's output, and that changes nothing a user can see but the threads: the same records
+//! come out of every branch, a stage that changes its records changes nothing another branch
+//! sees, every count is exact, and records a stage on the shared thread hands back are called
+//! again. `chains` fuses only a stage that is its input's only consumer; `none` gives every
+//! stage its own thread.
 
 use std::{collections::BTreeSet, fs};
 
@@ -20,8 +22,8 @@ fn thread_names(pid: u32) -> BTreeSet<String> {
 }
 
 /// `in -> process (rules) -> back (hand-back: fails every third record, hands the others
-/// back once, delivers them on the retry)`, and `process -> keep (jsonl)`; returns the `n`s
-/// each delivered and the threads.
+/// back once, delivers them on the retry)`, `process -> keep (jsonl)` and `in -> raw
+/// (jsonl)`; returns the `n`s `back` and `keep` delivered and the threads.
 fn run(fuse: &str) -> (BTreeSet<u64>, BTreeSet<u64>, BTreeSet<String>) {
     let mut host = Host::start(&format!(
         r#"
@@ -47,6 +49,10 @@ stages:
     plugin: jsonl
     inputs: [process]
     config: {{ path: "{{{{dir}}}}/kept.jsonl" }}
+  raw:
+    plugin: jsonl
+    inputs: [in]
+    config: {{ path: "{{{{dir}}}}/raw.jsonl" }}
 runtime:
   fuse: {fuse}
 monitoring:
@@ -57,26 +63,30 @@ monitoring:
     let threads = thread_names(host.pid());
     let count: u64 = 900;
     // Every fourth message is dropped by `process`; `back` fails those whose `n` is a
-    // multiple of 3 (300 of 900, 75 of them dropped before) and delivers the rest.
+    // multiple of 3 (300 of 900, 75 of them dropped before) and delivers the rest. `raw`
+    // delivers every message: those `process` dropped complete there, those `back` failed
+    // count as failed.
     let messages: Vec<_> = (0..count)
         .map(|n| json!({ "n": n, "level": if n % 4 == 0 { "debug" } else { "info" } }))
         .collect();
     send_json(&host.endpoint, &messages);
     let api = host.wait_settled(count);
+    let (filtered, failed) = (count / 4, count / 3 - count / 12);
+    let done = count - filtered - failed;
     let completed = api["pipeline"]["completed"].as_u64().expect("completed");
+    assert_eq!(completed, count - failed, "{api:#}");
     let out = host.path("back.jsonl");
-    wait_for_lines(&out, completed as usize);
+    wait_for_lines(&out, done as usize);
     let kept_out = host.path("kept.jsonl");
     wait_for_lines(&kept_out, (count - count / 4) as usize);
+    let raw_out = host.path("raw.jsonl");
+    wait_for_lines(&raw_out, count as usize);
 
     let summary = host.stop();
     assert_reconciled(&summary);
-    let (filtered, failed) = (count / 4, count / 3 - count / 12);
-    let done = count - filtered - failed;
-    assert_eq!(completed, done, "{api:#}");
     assert_eq!(
         totals(&summary),
-        (count, done, filtered, failed),
+        (count, count - failed, 0, failed),
         "{summary:#}"
     );
     let p = stage(&summary, "process");
@@ -98,6 +108,9 @@ monitoring:
         assert!(delivered.insert(n), "n = {n} delivered twice");
     }
     assert_eq!(delivered.len() as u64, done);
+    // The source's other stage has every message as it came, unchanged by `process`.
+    let raw: Vec<_> = read_json_lines(&raw_out);
+    assert_eq!(raw, messages, "raw: every message, in order, unchanged");
     // The other branch has every record `process` kept, unchanged by `back`.
     let mut kept = BTreeSet::new();
     for record in read_json_lines(&kept_out) {
@@ -122,13 +135,17 @@ fn stages_share_their_inputs_thread_and_deliver_what_separate_threads_do() {
     let has = |threads: &BTreeSet<String>, stage: &str| threads.contains(&format!("stage-{stage}"));
     assert!(has(&trees_threads, "process"), "{trees_threads:?}");
     assert!(
-        !has(&trees_threads, "back") && !has(&trees_threads, "keep"),
+        ["back", "keep", "raw"]
+            .iter()
+            .all(|s| !has(&trees_threads, s)),
         "{trees_threads:?}"
     );
-    // `process` has two consumers: no chain to fuse.
+    // `process` has two consumers, `in` too: no chain to fuse.
     for threads in [&chains_threads, &none_threads] {
         assert!(
-            ["process", "back", "keep"].iter().all(|s| has(threads, s)),
+            ["process", "back", "keep", "raw"]
+                .iter()
+                .all(|s| has(threads, s)),
             "{threads:?}"
         );
     }

@@ -896,20 +896,39 @@ impl PipelineConfig {
     /// output it takes (depth first, consumers in file order). A stage joins the thread of
     /// its input when that input is its only one and a stage, and it is no target of
     /// `monitoring.export_to` (which feeds it from outside); with `chains`, only when it is
-    /// also that stage's only consumer. Groups follow the file order of their first stage.
+    /// also that stage's only consumer. With `trees`, the stages whose only input is the same
+    /// source share one thread too (each with its tree, in file order): the source hands
+    /// each batch to that one thread, which calls them one after the other. Groups follow
+    /// the file order of their first stage.
     pub fn stage_threads(&self) -> Vec<Vec<&str>> {
-        let mut groups = Vec::new();
+        let mut groups: Vec<Vec<&str>> = Vec::new();
+        // The group of each source whose stages share a thread: an index into `groups`.
+        let mut of_source: HashMap<&str, usize> = HashMap::new();
         for name in self.stages.keys() {
             if self.fused_into(name).is_some() {
                 continue;
             }
-            let mut group = Vec::new();
+            let group = match self.source_fed(name) {
+                Some(source) => {
+                    let g = *of_source.entry(source).or_insert_with(|| {
+                        groups.push(Vec::new());
+                        groups.len() - 1
+                    });
+                    &mut groups[g]
+                }
+                None => {
+                    groups.push(Vec::new());
+                    groups.last_mut().expect("just pushed")
+                }
+            };
             let mut todo = vec![name.as_str()];
+            let mut added = 0;
             // Bounded: a cycle (refused by `check`) cannot make it loop.
             while let Some(stage) = todo.pop() {
-                if group.len() == self.stages.len() {
+                if added == self.stages.len() {
                     break;
                 }
+                added += 1;
                 group.push(stage);
                 let fused: Vec<&str> = self
                     .consumers_of(stage)
@@ -917,9 +936,20 @@ impl PipelineConfig {
                     .collect();
                 todo.extend(fused.into_iter().rev());
             }
-            groups.push(group);
         }
         groups
+    }
+
+    /// The source on whose thread group `name` runs (`trees`): its only input is that source
+    /// and it is no target of `monitoring.export_to`.
+    fn source_fed<'a>(&'a self, name: &'a str) -> Option<&'a str> {
+        let [input] = self.stages[name].inputs.as_slice() else {
+            return None;
+        };
+        let fused = self.runtime.fuse == Fuse::Trees
+            && self.sources.contains_key(input)
+            && !self.monitoring.export_to.iter().any(|t| t == name);
+        fused.then_some(input.as_str())
     }
 
     /// The stage on whose thread `name` runs, if not its own.
@@ -980,13 +1010,13 @@ stages:
 monitoring: { export_to: [m, w] }
 ";
         let mut cfg = parse(text).unwrap();
-        // h has two inputs, m also takes the monitor's windows.
+        // h has two inputs, m also takes the monitor's windows; a and e take only the
+        // source's output, so their trees share a thread.
         assert_eq!(
             cfg.stage_threads(),
             [
-                vec!["a", "b", "c", "d"],
+                vec!["a", "b", "c", "d", "e", "f"],
                 vec!["h"],
-                vec!["e", "f"],
                 vec!["m"],
                 vec!["w"]
             ]

@@ -152,6 +152,8 @@ struct BuiltStage {
 pub struct Topology {
     pub config: PipelineConfig,
     stages: Vec<BuiltStage>,
+    /// The stages grouped by the thread that runs them (`PipelineConfig::stage_threads`).
+    threads: Vec<Vec<String>>,
     /// The observer of `mode: custom`: its name, itself, its queue's capacity.
     observer: Option<(String, ObserverBox, usize)>,
     pub monitor: Arc<Monitor>,
@@ -165,12 +167,18 @@ pub fn build_topology(cfg: PipelineConfig, registry: &Registry) -> Result<Topolo
     }
     // Made before any stage, so that metrics a stage records while it is built are kept.
     let plugin_metrics = Arc::new(PluginMetrics::default());
-    let threads: HashMap<&str, Arc<WorkerThread>> = cfg
+    let groups: Vec<Vec<String>> = cfg
         .stage_threads()
         .into_iter()
+        .map(|group| group.into_iter().map(str::to_owned).collect())
+        .collect();
+    let threads: HashMap<&str, Arc<WorkerThread>> = groups
+        .iter()
         .flat_map(|group| {
             let thread = Arc::new(WorkerThread::default());
-            group.into_iter().map(move |name| (name, thread.clone()))
+            group
+                .iter()
+                .map(move |name| (name.as_str(), thread.clone()))
         })
         .collect();
     let mut stages = Vec::with_capacity(cfg.stages.len());
@@ -232,6 +240,7 @@ pub fn build_topology(cfg: PipelineConfig, registry: &Registry) -> Result<Topolo
     Ok(Topology {
         config: cfg,
         stages,
+        threads: groups,
         observer,
         monitor,
     })
@@ -341,16 +350,29 @@ impl Topology {
             None => None,
         };
 
+        // One queue per thread, into its first stage: a stage fed from another thread (or by
+        // the monitor's windows) is always the first of its group, and a source's stages that
+        // share a thread share its queue.
         let capacity = cfg.runtime.queue_capacity;
         let mut senders = HashMap::new();
         let mut receivers = HashMap::new();
-        for name in cfg.stages.keys() {
+        let mut queue_of = HashMap::new();
+        for group in &self.threads {
+            let first = group[0].as_str();
             let (tx, rx) = mpsc::channel(capacity);
-            senders.insert(name.clone(), tx);
-            receivers.insert(name.clone(), rx);
+            senders.insert(first, tx);
+            receivers.insert(first, rx);
+            queue_of.extend(group.iter().map(|name| (name.as_str(), first)));
         }
-        let outputs_of = |name: &str| -> Vec<mpsc::Sender<_>> {
-            cfg.consumers_of(name).map(|c| senders[c].clone()).collect()
+        // Each queue once, however many of the source's stages are behind it.
+        let source_outputs = |name: &str| -> Vec<mpsc::Sender<_>> {
+            let mut queues: Vec<&str> = Vec::new();
+            for c in cfg.consumers_of(name) {
+                if !queues.contains(&queue_of[c]) {
+                    queues.push(queue_of[c]);
+                }
+            }
+            queues.iter().map(|q| senders[q].clone()).collect()
         };
 
         let instance = instance_id();
@@ -378,10 +400,10 @@ impl Topology {
             .into_iter()
             .map(|b| (b.name.clone(), b))
             .collect();
-        for group in cfg.stage_threads() {
+        for group in &self.threads {
             let mut stages = Vec::with_capacity(group.len());
-            for name in &group {
-                let built = built_stages.remove(*name).expect("every stage once");
+            for name in group {
+                let built = built_stages.remove(name).expect("every stage once");
                 let observed = match (&bus, mode, &observer_feed) {
                     (_, MonitoringMode::Disabled, _) | (None, _, _) => Mode::Disabled,
                     (Some(_), MonitoringMode::Custom, Some(feed)) => {
@@ -403,8 +425,9 @@ impl Topology {
                     &monitoring.health,
                 ));
                 // Consumers on this thread are called; the others get a queue.
-                let (here, elsewhere): (Vec<&str>, Vec<&str>) =
-                    cfg.consumers_of(name).partition(|c| group.contains(c));
+                let (here, elsewhere): (Vec<&str>, Vec<&str>) = cfg
+                    .consumers_of(name)
+                    .partition(|c| group.iter().any(|g| g == c));
                 stages.push(WorkerStage {
                     name: built.name,
                     kind: built.kind,
@@ -419,7 +442,7 @@ impl Topology {
                     outputs: elsewhere.iter().map(|c| senders[*c].clone()).collect(),
                 });
             }
-            let first = group[0];
+            let first = group[0].as_str();
             let worker = Worker {
                 stages,
                 type_field: type_field.clone(),
@@ -452,13 +475,13 @@ impl Topology {
                 &source.endpoint,
                 source.up.clone(),
             ));
-            opened.push((source, outputs_of(name)));
+            opened.push((source, source_outputs(name)));
         }
         let windows = (mode != MonitoringMode::Disabled).then(|| {
             let targets = monitoring
                 .export_to
                 .iter()
-                .map(|t| senders[t].clone())
+                .map(|t| senders[t.as_str()].clone())
                 .collect();
             tokio::spawn(observe::windows(
                 monitor.clone(),

@@ -6,8 +6,9 @@
 //!
 //! A worker may run several stages (`runtime.fuse`, see `PipelineConfig::stage_threads`): a
 //! first stage and stages that take their only input from a stage of the worker, a chain or
-//! a tree. It calls each with the output of the one before, on the same thread, with no
-//! queue between them. A record then stays in one core's cache from the first stage to the
+//! a tree; or several such trees whose first stages all take only the same source's output
+//! (roots, each given every batch from the queue). It calls each with the output of the one
+//! before, on the same thread, with no queue between them. A record then stays in one core's cache from the first stage to the
 //! last, with no hand-off to another thread (and the cache misses of one) per hop. A stage
 //! that is not ready keeps the output of the one before waiting (the worker takes no new
 //! batch meanwhile), as a full queue would. Everything else (ticks, retries, health answers,
@@ -156,11 +157,12 @@ pub struct WorkerStage {
 }
 
 pub struct Worker {
-    /// One stage, or several: the first, then each after the one whose output it takes.
+    /// One stage, or several: the first, then each after the one whose output it takes
+    /// (a stage that is no other's consumer is a root: it takes every batch of the input).
     pub stages: Vec<WorkerStage>,
     /// The field whose values are counted per stage (`monitoring.type_field`).
     pub type_field: Arc<str>,
-    /// The first stage's input.
+    /// The roots' input.
     pub input: mpsc::Receiver<Queued>,
     /// Turns true when the drain timeout ends: stop, failing what is still queued.
     pub finish: watch::Receiver<bool>,
@@ -195,13 +197,16 @@ struct Slot {
     /// The output of the stage before, waiting for this one to be ready (not the first).
     waiting: VecDeque<Envelope>,
     flushed: bool,
-    /// The stage of this worker whose output this one takes (none for the first).
+    /// The stage of this worker whose output this one takes (none for a root).
     parent: Option<usize>,
 }
 
 /// What a running worker has.
 struct Running {
     slots: Vec<Slot>,
+    /// The stages that take the input's batches: the first, and any others fed by the same
+    /// source (see `PipelineConfig::stage_threads`).
+    roots: Vec<usize>,
     /// Data types and ingest-to-delivery latency are observation too: none when disabled.
     observed: bool,
     type_field: Arc<str>,
@@ -266,8 +271,12 @@ impl Worker {
                 }
             })
             .collect();
+        let roots = (0..parents.len())
+            .filter(|&i| parents[i].is_none())
+            .collect();
         let mut run = Running {
             slots,
+            roots,
             observed,
             type_field: self.type_field,
             input: self.input,
@@ -302,8 +311,9 @@ impl Running {
             // A stage that cannot take a batch now (its own buffer is full) is asked again
             // shortly; meanwhile batches wait in the queue and the pipeline slows down. So
             // does a worker with a batch still waiting between two of its stages.
-            let take_input =
-                self.input_open && self.slots.iter().all(|s| s.waiting.is_empty()) && self.ready(0);
+            let take_input = self.input_open
+                && self.slots.iter().all(|s| s.waiting.is_empty())
+                && (0..self.roots.len()).all(|r| self.ready(self.roots[r]));
             if take_input {
                 match self.input.try_recv() {
                     Ok(queued) => {
@@ -507,7 +517,7 @@ impl Running {
     }
 
     /// Takes a batch from the input: records, or messages to decode first (see
-    /// `source::Messages`).
+    /// `source::Messages`), and hands it to every root.
     fn take(&mut self, queued: Queued) {
         let envelope = match queued {
             Queued::Records(envelope) => envelope,
@@ -515,38 +525,70 @@ impl Running {
         };
         // Every message failed to decode: each is counted, no stage has anything to do.
         if !envelope.records.is_empty() {
-            self.handle(0, envelope);
+            let mut todo = Vec::new();
+            self.pass_on(None, envelope, &mut todo);
+            self.call_all(todo);
         }
     }
 
     /// Calls stage `i` with an envelope, then each stage of this worker that takes its
-    /// output, and so on: a stage that is not ready (or has batches waiting before this one)
-    /// keeps its share waiting. Outputs to other workers are sent as they come.
+    /// output, and so on.
     fn handle(&mut self, i: usize, envelope: Envelope) {
-        let mut todo = vec![(i, envelope)];
+        self.call_all(vec![(i, envelope)]);
+    }
+
+    /// Calls each stage in `todo` with its envelope, and the stages of this worker that take
+    /// their output after them, depth first.
+    fn call_all(&mut self, mut todo: Vec<(usize, Envelope)>) {
         while let Some((i, envelope)) = todo.pop() {
-            let Some(output) = self.process(i, envelope) else {
-                continue;
-            };
-            let slot = &self.slots[i];
-            let mut shares = output
-                .fan_out(slot.stage.outputs.len() + slot.stage.consumers.len())
-                .into_iter();
-            for tx in &slot.stage.outputs {
+            if let Some(output) = self.process(i, envelope) {
+                self.pass_on(Some(i), output, &mut todo);
+            }
+        }
+    }
+
+    /// Shares an envelope among what takes it: the output of stage `from` among its queues
+    /// to other workers (sent as they come) and its consumers on this worker, or a batch of
+    /// the input (`None`) among the roots. A consumer that is not ready (or has batches
+    /// waiting before this one) keeps its share waiting; the others go on `todo`, to be called
+    /// first to last.
+    fn pass_on(
+        &mut self,
+        from: Option<usize>,
+        envelope: Envelope,
+        todo: &mut Vec<(usize, Envelope)>,
+    ) {
+        let (outputs, here) = match from {
+            Some(i) => (
+                self.slots[i].stage.outputs.len(),
+                self.slots[i].stage.consumers.len(),
+            ),
+            None => (0, self.roots.len()),
+        };
+        let mut shares = envelope.fan_out(outputs + here).into_iter();
+        if let Some(i) = from {
+            for tx in &self.slots[i].stage.outputs {
                 let share = shares.next().expect("one share per output");
                 if let Err(mpsc::error::SendError(lost)) = tx.blocking_send(share.into()) {
                     lost.fail_all("pipeline_closed");
                 }
             }
-            // In reverse, so that the first consumer is called first.
-            for c in (0..self.slots[i].stage.consumers.len()).rev() {
-                let share = shares.next_back().expect("one share per consumer");
-                let c = self.slots[i].stage.consumers[c];
-                if !self.slots[c].waiting.is_empty() || !self.ready(c) {
-                    self.slots[c].waiting.push_back(share);
-                } else {
-                    todo.push((c, share));
+        }
+        // In reverse, so that the first is called first.
+        for k in (0..here).rev() {
+            let share = shares.next_back().expect("one share per consumer");
+            let c = match from {
+                Some(i) => self.slots[i].stage.consumers[k],
+                // Ready, with nothing waiting: the input is taken only then.
+                None => {
+                    todo.push((self.roots[k], share));
+                    continue;
                 }
+            };
+            if !self.slots[c].waiting.is_empty() || !self.ready(c) {
+                self.slots[c].waiting.push_back(share);
+            } else {
+                todo.push((c, share));
             }
         }
     }
@@ -559,9 +601,9 @@ impl Running {
             lineage,
             facts,
         } = envelope;
-        let queued = match i {
-            0 => self.input.len(),
-            _ => self.slots[i].waiting.len(),
+        let queued = match self.slots[i].parent {
+            None => self.input.len() + self.slots[i].waiting.len(),
+            Some(_) => self.slots[i].waiting.len(),
         };
         let (observed, type_field) = (self.observed, &self.type_field);
         let slot = &mut self.slots[i];
