@@ -282,6 +282,8 @@ fn every_endpoint_answers_with_what_the_pipeline_did() {
         assert_eq!(s["kind"], kind, "{s:#}");
         assert_eq!(s["inputs"], inputs, "{s:#}");
         assert_eq!(s["outputs"], outputs, "{s:#}");
+        // `runtime.fuse: trees`: `process` and the stages that take only its output.
+        assert_eq!(s["thread"], "stage-process", "{s:#}");
         assert_eq!(s["totals"]["records_in"], records_in, "{s:#}");
         assert!(
             s["totals"]["calls"].as_u64().is_some_and(|c| c >= 1),

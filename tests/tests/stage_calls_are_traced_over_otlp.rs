@@ -409,7 +409,7 @@ fn a_call_gives_at_most_128_records_a_span_and_counts_the_rest() {
     assert_eq!((traced + untraced) as u64, M);
     let record_spans = spans.iter().filter(|s| s.name == "check record").count();
     assert_eq!(record_spans as i64, traced);
-    // A burst of 3000 comes in batches of up to 1024 (the source's batch size).
+    // A burst of 3000 comes in batches of up to 512 (the source's default batch size).
     assert!(
         largest > 128,
         "no call had more than 128 records: {largest}"

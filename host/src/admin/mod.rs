@@ -48,6 +48,8 @@ pub struct StageView {
     pub kind: &'static str,
     pub inputs: Vec<String>,
     pub outputs: Vec<String>,
+    /// The worker thread that calls it (`runtime.fuse`), named after its first stage.
+    pub thread: String,
 }
 
 /// What the handlers read.

@@ -175,8 +175,11 @@ pub const MAX_MESSAGE_BYTES_LIMIT: usize = 1 << 30;
 fn default_max_message_bytes() -> usize {
     1 << 20
 }
+/// Large enough that the per-batch costs (a queue hand-off, a call per stage) are small
+/// beside the per-message ones, small enough that a backlog after a stall is worked off in
+/// pieces (see the README's "Batches, queues and latency").
 fn default_batch_size() -> usize {
-    1024
+    512
 }
 fn default_max_connections() -> usize {
     1024
@@ -235,7 +238,8 @@ pub struct RuntimeConfig {
 #[serde(rename_all = "snake_case")]
 pub enum Fuse {
     /// A stage whose only input is a stage runs on that stage's thread: a stage and its
-    /// consumers form a tree on one thread, down to stages with several inputs.
+    /// consumers form a tree on one thread, down to stages with several inputs. The stages
+    /// whose only input is the same source share one thread, with their trees.
     #[default]
     Trees,
     /// Only when it is also that stage's only consumer: linear chains.
@@ -1042,7 +1046,7 @@ monitoring: { export_to: [m, w] }
     #[test]
     fn a_good_file_parses_with_defaults() {
         let cfg = parse(GOOD).unwrap();
-        assert_eq!(cfg.sources["in"].batch_size, 1024);
+        assert_eq!(cfg.sources["in"].batch_size, 512);
         assert_eq!(cfg.sources["in"].max_message_bytes, 1 << 20);
         assert_eq!(cfg.monitoring.mode, MonitoringMode::Direct);
         assert_eq!(cfg.consumers_of("a").collect::<Vec<_>>(), ["b"]);

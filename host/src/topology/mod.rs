@@ -451,7 +451,7 @@ impl Topology {
                 runtime: runtime.clone(),
             };
             let handle = std::thread::Builder::new()
-                .name(format!("stage-{first}"))
+                .name(thread_name(first))
                 .spawn(move || worker.run())
                 .map_err(|source| StartError::Thread {
                     stage: first.to_owned(),
@@ -515,7 +515,7 @@ impl Topology {
         ));
         late_tasks.push(tokio::spawn(health.clone().run(late_rx.clone())));
 
-        let graph = Arc::new(graph(cfg, &endpoints, &monitor));
+        let graph = Arc::new(graph(cfg, &self.threads, &endpoints, &monitor));
         if let Some(listener) = admin_listener {
             let state = AdminState {
                 monitor: monitor.clone(),
@@ -578,7 +578,18 @@ fn publish_lifecycle(
     ));
 }
 
-fn graph(cfg: &PipelineConfig, endpoints: &[(String, String)], monitor: &Monitor) -> PipelineGraph {
+fn graph(
+    cfg: &PipelineConfig,
+    threads: &[Vec<String>],
+    endpoints: &[(String, String)],
+    monitor: &Monitor,
+) -> PipelineGraph {
+    let thread_of = |name: &str| {
+        threads
+            .iter()
+            .find(|g| g.iter().any(|s| s == name))
+            .map_or_else(String::new, |g| thread_name(&g[0]))
+    };
     let socket = |s: &crate::config::SourceConfig| format!("{:?}", s.socket).to_lowercase();
     PipelineGraph {
         file: cfg.file.display().to_string(),
@@ -604,9 +615,16 @@ fn graph(cfg: &PipelineConfig, endpoints: &[(String, String)], monitor: &Monitor
                 kind: monitor.stage(name).map_or("", |s| s.kind.as_str()),
                 inputs: s.inputs.clone(),
                 outputs: cfg.consumers_of(name).map(String::from).collect(),
+                thread: thread_of(name),
             })
             .collect(),
     }
+}
+
+/// The name of the thread that runs a group of stages, after the first (Linux shows its
+/// first 15 bytes).
+fn thread_name(first: &str) -> String {
+    format!("stage-{first}")
 }
 
 impl RunningPipeline {
