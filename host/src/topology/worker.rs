@@ -8,8 +8,9 @@
 //! first stage and stages that take their only input from a stage of the worker, a chain or
 //! a tree; or several such trees whose first stages all take only the same source's output
 //! (roots, each given every batch from the queue). It calls each with the output of the one
-//! before, on the same thread, with no queue between them. A record then stays in one core's cache from the first stage to the
-//! last, with no hand-off to another thread (and the cache misses of one) per hop. A stage
+//! before, on the same thread, with no queue between them. A record then stays in one core's
+//! cache from the first stage to the last, with no hand-off to another thread (and the cache
+//! misses of one) per hop. A stage
 //! that is not ready keeps the output of the one before waiting (the worker takes no new
 //! batch meanwhile), as a full queue would. Everything else (ticks, retries, health answers,
 //! the drain) is per stage, as it is for a worker of one.
