@@ -150,11 +150,21 @@ stages:
 }
 
 #[test]
-fn a_change_in_one_branch_is_never_seen_by_another() {
-    // One source, three branches sharing each record: two rewrite it differently (in place,
-    // by rename, by set, by dropping a nested field's parent), one writes it as it came.
-    let mut host = Host::start(
-        r#"
+fn a_change_in_one_branch_is_never_seen_by_another_on_one_thread() {
+    branches_see_only_their_own_changes("trees");
+}
+
+#[test]
+fn a_change_in_one_branch_is_never_seen_by_another_on_threads_of_their_own() {
+    branches_see_only_their_own_changes("none");
+}
+
+/// One source, three branches sharing each record: two rewrite it differently (in place, by
+/// rename, by set, by dropping a nested field's parent), one writes it as it came. With
+/// `runtime.fuse: trees` (the default) the three are called one after the other on one
+/// thread; with `none` each runs on its own, at the same time as the others.
+fn branches_see_only_their_own_changes(fuse: &str) {
+    let pipeline = r#"
 plugins:
   paths: ["{{plugins}}"]
 sources:
@@ -175,8 +185,9 @@ stages:
   export-a: { plugin: jsonl, inputs: [rewrite-a], config: { path: "{{dir}}/a.jsonl" } }
   export-b: { plugin: jsonl, inputs: [rewrite-b], config: { path: "{{dir}}/b.jsonl" } }
   export-raw: { plugin: jsonl, inputs: [ingest], config: { path: "{{dir}}/raw.jsonl" } }
-"#,
-    );
+"#
+    .to_owned();
+    let mut host = Host::start(&(pipeline + &format!("runtime: {{ fuse: {fuse} }}\n")));
     let n = 40;
     let sent: Vec<String> = (0..n)
         .map(|i| {
@@ -201,7 +212,7 @@ stages:
         wait_for_lines(file, count);
     }
     let summary = host.stop();
-    // Each branch gets records in message order (one source, one worker per stage).
+    // Each branch gets records in message order (one source; each stage called by one thread).
     assert_eq!(read_lines(&raw), sent, "the untouched branch");
     assert_eq!(read_lines(&a), a_want, "rewrite-a");
     assert_eq!(read_lines(&b), b_want, "rewrite-b");

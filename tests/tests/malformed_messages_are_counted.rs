@@ -1,6 +1,8 @@
 //! Messages that cannot become records are counted as failed, each under its own error type,
 //! and do not disturb the good messages around them: whether the source's one consumer
-//! decodes them on its own thread, or the source decodes them once for a fan-out.
+//! decodes them on its own thread, the one thread of a fan-out's stages decodes them
+//! (`runtime.fuse: trees`, the default), or the source decodes them once for a fan-out to
+//! several threads.
 
 use std::collections::BTreeMap;
 
@@ -33,18 +35,24 @@ fn jsonl(name: &str) -> String {
 
 #[test]
 fn each_malformed_message_is_counted_by_type_by_the_one_consumer() {
-    check(&["out"]);
+    check(&["out"], "trees");
 }
 
 #[test]
-fn each_malformed_message_is_counted_by_type_before_a_fan_out() {
-    check(&["left", "right"]);
+fn each_malformed_message_is_counted_by_type_by_a_fan_outs_one_thread() {
+    check(&["left", "right"], "trees");
 }
 
-fn check(exporters: &[&str]) {
+#[test]
+fn each_malformed_message_is_counted_by_type_before_a_fan_out_to_threads() {
+    check(&["left", "right"], "none");
+}
+
+fn check(exporters: &[&str], fuse: &str) {
     let pipeline = exporters
         .iter()
-        .fold(SOURCE.to_owned(), |p, e| p + &jsonl(e));
+        .fold(SOURCE.to_owned(), |p, e| p + &jsonl(e))
+        + &format!("runtime: {{ fuse: {fuse} }}\n");
     let mut host = Host::start(&pipeline);
     let bad: Vec<(&str, Vec<u8>)> = vec![
         ("invalid_json", b"{\"a\":".to_vec()),
