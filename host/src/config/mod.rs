@@ -944,32 +944,31 @@ impl PipelineConfig {
         groups
     }
 
-    /// The source on whose thread group `name` runs (`trees`): its only input is that source
-    /// and it is no target of `monitoring.export_to`.
+    /// The source on whose thread group `name` runs (`trees`): its only input is that source.
     fn source_fed<'a>(&'a self, name: &'a str) -> Option<&'a str> {
-        let [input] = self.stages[name].inputs.as_slice() else {
-            return None;
-        };
-        let fused = self.runtime.fuse == Fuse::Trees
-            && self.sources.contains_key(input)
-            && !self.monitoring.export_to.iter().any(|t| t == name);
-        fused.then_some(input.as_str())
+        self.only_input(name)
+            .filter(|input| self.runtime.fuse == Fuse::Trees && self.sources.contains_key(*input))
     }
 
     /// The stage on whose thread `name` runs, if not its own.
     fn fused_into<'a>(&'a self, name: &'a str) -> Option<&'a str> {
-        let [input] = self.stages[name].inputs.as_slice() else {
-            return None;
-        };
-        let fused = match self.runtime.fuse {
-            Fuse::None => false,
-            Fuse::Trees => true,
-            Fuse::Chains => self.consumers_of(input).nth(1).is_none(),
-        };
-        let fused = fused
-            && self.stages.contains_key(input)
-            && !self.monitoring.export_to.iter().any(|t| t == name);
-        fused.then_some(input.as_str())
+        self.only_input(name).filter(|input| {
+            self.stages.contains_key(*input)
+                && match self.runtime.fuse {
+                    Fuse::None => false,
+                    Fuse::Trees => true,
+                    Fuse::Chains => self.consumers_of(input).nth(1).is_none(),
+                }
+        })
+    }
+
+    /// The one input of stage `name`, if it has one and nothing else feeds it: a target of
+    /// `monitoring.export_to` is fed the monitor's windows too, from outside any thread.
+    fn only_input<'a>(&'a self, name: &'a str) -> Option<&'a str> {
+        match self.stages[name].inputs.as_slice() {
+            [input] if !self.monitoring.export_to.iter().any(|t| t == name) => Some(input),
+            _ => None,
+        }
     }
 
     /// The names of the stages that take `name`'s output, in file order.

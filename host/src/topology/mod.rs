@@ -356,6 +356,7 @@ impl Topology {
         let capacity = cfg.runtime.queue_capacity;
         let mut senders = HashMap::new();
         let mut receivers = HashMap::new();
+        // Each stage's thread, by the first stage of its group.
         let mut queue_of = HashMap::new();
         for group in &self.threads {
             let first = group[0].as_str();
@@ -515,7 +516,7 @@ impl Topology {
         ));
         late_tasks.push(tokio::spawn(health.clone().run(late_rx.clone())));
 
-        let graph = Arc::new(graph(cfg, &self.threads, &endpoints, &monitor));
+        let graph = Arc::new(graph(cfg, &queue_of, &endpoints, &monitor));
         if let Some(listener) = admin_listener {
             let state = AdminState {
                 monitor: monitor.clone(),
@@ -578,18 +579,13 @@ fn publish_lifecycle(
     ));
 }
 
+/// `queue_of`: each stage's thread, by the first stage of its group.
 fn graph(
     cfg: &PipelineConfig,
-    threads: &[Vec<String>],
+    queue_of: &HashMap<&str, &str>,
     endpoints: &[(String, String)],
     monitor: &Monitor,
 ) -> PipelineGraph {
-    let thread_of = |name: &str| {
-        threads
-            .iter()
-            .find(|g| g.iter().any(|s| s == name))
-            .map_or_else(String::new, |g| thread_name(&g[0]))
-    };
     let socket = |s: &crate::config::SourceConfig| format!("{:?}", s.socket).to_lowercase();
     PipelineGraph {
         file: cfg.file.display().to_string(),
@@ -615,7 +611,7 @@ fn graph(
                 kind: monitor.stage(name).map_or("", |s| s.kind.as_str()),
                 inputs: s.inputs.clone(),
                 outputs: cfg.consumers_of(name).map(String::from).collect(),
-                thread: thread_of(name),
+                thread: thread_name(queue_of[name.as_str()]),
             })
             .collect(),
     }

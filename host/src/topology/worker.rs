@@ -10,9 +10,8 @@
 //! (roots, each given every batch from the queue). It calls each with the output of the one
 //! before, on the same thread, with no queue between them. A record then stays in one core's
 //! cache from the first stage to the last, with no hand-off to another thread (and the cache
-//! misses of one) per hop. A stage
-//! that is not ready keeps the output of the one before waiting (the worker takes no new
-//! batch meanwhile), as a full queue would. Everything else (ticks, retries, health answers,
+//! misses of one) per hop. A stage that is not ready keeps the output of the one before
+//! waiting (the worker takes no new batch meanwhile), as a full queue would. Everything else (ticks, retries, health answers,
 //! the drain) is per stage, as it is for a worker of one.
 //!
 //! A stage may take records for later (acknowledged delivery). The worker hands each call an
@@ -208,6 +207,8 @@ struct Running {
     /// The stages that take the input's batches: the first, and any others fed by the same
     /// source (see `PipelineConfig::stage_threads`).
     roots: Vec<usize>,
+    /// What every stage's acknowledgements and health checks wake.
+    thread: Arc<WorkerThread>,
     /// Data types and ingest-to-delivery latency are observation too: none when disabled.
     observed: bool,
     type_field: Arc<str>,
@@ -233,14 +234,16 @@ impl Worker {
     pub fn run(self) {
         let observed = self.stages.iter().any(|s| s.coordinator.is_enabled());
         let single = self.stages.len() == 1;
+        // One for all the stages: see `PipelineConfig::stage_threads`.
+        let thread = self.stages[0].probe.thread().clone();
         let mut parents = vec![None; self.stages.len()];
         for (i, stage) in self.stages.iter().enumerate() {
             for &c in &stage.consumers {
                 parents[c] = Some(i);
             }
         }
-        // A worker of one stage names it for the thread's whole life; a worker of several names each
-        // stage around its calls.
+        // A worker of one stage names it for the thread's whole life; a worker of several
+        // names each stage around its calls.
         let _span = single.then(|| crate::logging::stage_span(&self.stages[0].name).entered());
         let slots = self
             .stages
@@ -278,6 +281,7 @@ impl Worker {
         let mut run = Running {
             slots,
             roots,
+            thread,
             observed,
             type_field: self.type_field,
             input: self.input,
@@ -439,8 +443,7 @@ impl Running {
             at(ask_again);
         }
         let due = due.map(tokio::time::Instant::from_std);
-        let thread = self.slots[0].stage.probe.thread().clone();
-        let (input, finish) = (&mut self.input, &mut self.finish);
+        let (input, finish, thread) = (&mut self.input, &mut self.finish, &self.thread);
         self.runtime.block_on(async {
             tokio::select! {
                 biased;
@@ -525,11 +528,14 @@ impl Running {
             Queued::Messages(messages) => messages.decode(),
         };
         // Every message failed to decode: each is counted, no stage has anything to do.
-        if !envelope.records.is_empty() {
-            let mut todo = Vec::new();
-            self.pass_on(None, envelope, &mut todo);
-            self.call_all(todo);
+        if envelope.records.is_empty() {
+            return;
         }
+        // Every root is ready, with nothing waiting: the input is taken only then. In
+        // reverse, so that the first root is called first.
+        let shares = envelope.fan_out(self.roots.len());
+        let todo = self.roots.iter().copied().zip(shares).rev().collect();
+        self.call_all(todo);
     }
 
     /// Calls stage `i` with an envelope, then each stage of this worker that takes its
@@ -543,49 +549,30 @@ impl Running {
     fn call_all(&mut self, mut todo: Vec<(usize, Envelope)>) {
         while let Some((i, envelope)) = todo.pop() {
             if let Some(output) = self.process(i, envelope) {
-                self.pass_on(Some(i), output, &mut todo);
+                self.pass_on(i, output, &mut todo);
             }
         }
     }
 
-    /// Shares an envelope among what takes it: the output of stage `from` among its queues
-    /// to other workers (sent as they come) and its consumers on this worker, or a batch of
-    /// the input (`None`) among the roots. A consumer that is not ready (or has batches
-    /// waiting before this one) keeps its share waiting; the others go on `todo`, to be called
-    /// first to last.
-    fn pass_on(
-        &mut self,
-        from: Option<usize>,
-        envelope: Envelope,
-        todo: &mut Vec<(usize, Envelope)>,
-    ) {
-        let (outputs, here) = match from {
-            Some(i) => (
-                self.slots[i].stage.outputs.len(),
-                self.slots[i].stage.consumers.len(),
-            ),
-            None => (0, self.roots.len()),
-        };
-        let mut shares = envelope.fan_out(outputs + here).into_iter();
-        if let Some(i) = from {
-            for tx in &self.slots[i].stage.outputs {
-                let share = shares.next().expect("one share per output");
-                if let Err(mpsc::error::SendError(lost)) = tx.blocking_send(share.into()) {
-                    lost.fail_all("pipeline_closed");
-                }
+    /// Shares the output of stage `i` among its queues to other workers (sent as they come)
+    /// and its consumers on this worker: a consumer that is not ready (or has batches
+    /// waiting before this one) keeps its share waiting; the others go on `todo`, to be
+    /// called first to last.
+    fn pass_on(&mut self, i: usize, output: Envelope, todo: &mut Vec<(usize, Envelope)>) {
+        let stage = &self.slots[i].stage;
+        let mut shares = output
+            .fan_out(stage.outputs.len() + stage.consumers.len())
+            .into_iter();
+        for tx in &stage.outputs {
+            let share = shares.next().expect("one share per output");
+            if let Err(mpsc::error::SendError(lost)) = tx.blocking_send(share.into()) {
+                lost.fail_all("pipeline_closed");
             }
         }
-        // In reverse, so that the first is called first.
-        for k in (0..here).rev() {
+        // In reverse, so that the first consumer is called first.
+        for k in (0..self.slots[i].stage.consumers.len()).rev() {
             let share = shares.next_back().expect("one share per consumer");
-            let c = match from {
-                Some(i) => self.slots[i].stage.consumers[k],
-                // Ready, with nothing waiting: the input is taken only then.
-                None => {
-                    todo.push((self.roots[k], share));
-                    continue;
-                }
-            };
+            let c = self.slots[i].stage.consumers[k];
             if !self.slots[c].waiting.is_empty() || !self.ready(c) {
                 self.slots[c].waiting.push_back(share);
             } else {
