@@ -27,6 +27,7 @@ use std::{
         },
         Arc, Mutex, OnceLock, Weak,
     },
+    time::Instant,
 };
 
 use abi_stable::std_types::{RArc, RVec};
@@ -54,6 +55,8 @@ pub struct PipelineCounters {
     in_flight: Arc<Semaphore>,
     /// Lineages not yet settled, by first message id: what a drain timeout settles.
     live: Mutex<HashMap<u64, Weak<Lineage>>>,
+    /// When the first batch of messages was admitted (`host bench` times runs from it).
+    first_admitted: OnceLock<Instant>,
 }
 
 impl Default for PipelineCounters {
@@ -86,7 +89,13 @@ impl PipelineCounters {
             failed_by_type: Mutex::new(BTreeMap::new()),
             in_flight: Arc::new(Semaphore::new(max_in_flight.min(Semaphore::MAX_PERMITS))),
             live: Mutex::new(HashMap::new()),
+            first_admitted: OnceLock::new(),
         }
+    }
+
+    /// When the first batch of messages was admitted; `None` before.
+    pub fn first_admitted(&self) -> Option<Instant> {
+        self.first_admitted.get().copied()
     }
 
     /// Counts messages that failed before they could enter the pipeline (they were received,
@@ -127,6 +136,10 @@ impl PipelineCounters {
     }
 
     fn register(&self, lineage: Lineage) -> Arc<Lineage> {
+        if lineage.count > 0 {
+            // Once set, one atomic load per batch.
+            self.first_admitted.get_or_init(Instant::now);
+        }
         self.received.fetch_add(lineage.count as u64, Relaxed);
         let lineage = Arc::new(lineage);
         lock(&self.live).insert(lineage.first_id, Arc::downgrade(&lineage));
