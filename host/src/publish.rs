@@ -229,9 +229,8 @@ pub async fn publish(opts: &Publish) -> Result<Published, PublishError> {
     } else {
         ProgressBar::hidden()
     };
-    // Rate limiting works in 1 ms ticks: each tick sends that tick's share, so a paced
-    // stream comes in small bursts (latency measurements depend on it).
-    let per_tick = opts.rate.map(|r| (r / 1000).max(1));
+    // Rate limiting works in 1 ms ticks: each tick sends what the rate allows by then, so a
+    // paced stream comes in small bursts (latency measurements depend on it).
     let mut ticker = tokio::time::interval(Duration::from_millis(1));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     let mut peer = PeerWait {
@@ -249,10 +248,17 @@ pub async fn publish(opts: &Publish) -> Result<Published, PublishError> {
     };
     let mut i = 0;
     while i < opts.count {
-        let chunk = match per_tick {
-            Some(n) => {
+        let chunk = match opts.rate {
+            Some(rate) => {
                 ticker.tick().await;
-                n.min(opts.count - i)
+                // Counted from the first message the socket took: any rate (not only whole
+                // messages per tick), and nothing owed for time spent waiting for a peer.
+                let since = first_taken.map_or(Duration::ZERO, |t| t.elapsed());
+                let allowed = u128::from(rate) * since.as_micros() / 1_000_000 + 1;
+                u64::try_from(allowed)
+                    .unwrap_or(u64::MAX)
+                    .min(opts.count)
+                    .saturating_sub(i)
             }
             None => (opts.count - i).min(1024),
         };

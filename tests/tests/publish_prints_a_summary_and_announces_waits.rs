@@ -106,6 +106,38 @@ fn publishing_to_a_listening_host_ends_with_one_summary_line() {
     assert_eq!(tests::totals(&summary), (500, 500, 0, 0), "{summary:#}");
 }
 
+#[test]
+fn a_rate_below_a_thousand_a_second_is_kept() {
+    // 20 messages at 100 a second: the first at once, the last about 190 ms later. (Pacing
+    // in 1 ms ticks once sent at least one message per tick, 1000 a second, whatever the
+    // rate asked for.) Only a lower bound: pacing can make a run slower, never faster.
+    let mut host = Host::start(PIPELINE);
+    let out = run_host([
+        "publish",
+        "--to",
+        &host.endpoint,
+        "--count",
+        "20",
+        "--rate",
+        "100",
+    ]);
+    assert_eq!(out.code(), 0, "{out:?}");
+    let line = out.stdout.lines().next().unwrap_or_default();
+    let fields = summary_fields(line);
+    let elapsed: f64 = fields
+        .iter()
+        .find(|(k, _)| k == "elapsed")
+        .and_then(|(_, v)| v.strip_suffix('s')?.parse().ok())
+        .unwrap_or_else(|| panic!("elapsed: {line}"));
+    assert!(
+        elapsed >= 0.18,
+        "20 messages at 100/s took {elapsed}s: {line}"
+    );
+    wait_for_lines(&host.path("out.jsonl"), 20);
+    let summary = host.stop();
+    assert_eq!(tests::totals(&summary), (20, 20, 0, 0), "{summary:#}");
+}
+
 /// A `host publish` running in the background, its stderr collected as it comes; killed
 /// when dropped.
 struct Publisher {
