@@ -157,6 +157,10 @@ pub struct SourceConfig {
     /// At most this many messages go to the stages in one call.
     #[serde(default = "default_batch_size")]
     pub batch_size: usize,
+    /// A batch that is not full waits at most this long after its first message for more
+    /// before it is handed on; 0 hands it on as soon as the socket has nothing more ready.
+    #[serde(default, with = "humantime_serde")]
+    pub max_delay: Duration,
     /// Peers served at once (a bound socket); more are closed as soon as they connect.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
@@ -181,6 +185,9 @@ fn default_max_message_bytes() -> usize {
 fn default_batch_size() -> usize {
     512
 }
+/// The longest a source's batch may wait for more messages: beyond it, the stages would
+/// see a message later than any batching gain is worth (exporters batch on their own).
+pub const MAX_SOURCE_DELAY: Duration = Duration::from_secs(1);
 fn default_max_connections() -> usize {
     1024
 }
@@ -650,6 +657,15 @@ impl PipelineConfig {
                     "`batch_size` must be at least 1",
                 ));
             }
+            if source.max_delay > MAX_SOURCE_DELAY {
+                out.push(self.diagnostic(
+                    &["sources", name, "max_delay"],
+                    format!(
+                        "`max_delay` ({:?}) is above the limit of {MAX_SOURCE_DELAY:?}",
+                        source.max_delay
+                    ),
+                ));
+            }
             if source.max_message_bytes > MAX_MESSAGE_BYTES_LIMIT {
                 out.push(self.diagnostic(
                     &["sources", name, "max_message_bytes"],
@@ -1047,9 +1063,27 @@ monitoring: { export_to: [m, w] }
         let cfg = parse(GOOD).unwrap();
         assert_eq!(cfg.sources["in"].batch_size, 512);
         assert_eq!(cfg.sources["in"].max_message_bytes, 1 << 20);
+        assert_eq!(cfg.sources["in"].max_delay, Duration::ZERO);
         assert_eq!(cfg.monitoring.mode, MonitoringMode::Direct);
         assert_eq!(cfg.consumers_of("a").collect::<Vec<_>>(), ["b"]);
         assert_eq!(cfg.stage_config_json("a").unwrap(), "{}");
+    }
+
+    #[test]
+    fn a_source_max_delay_is_a_duration_of_at_most_a_second() {
+        let source = |delay: &str| {
+            format!("sources:\n  in: {{ type: zmq, socket: pull, bind: x, max_delay: {delay} }}\nstages: {{}}\n")
+        };
+        let cfg = parse(&source("5ms")).unwrap();
+        assert_eq!(cfg.sources["in"].max_delay, Duration::from_millis(5));
+        let m = messages(&source("2s"));
+        assert!(
+            m.iter().any(|l| l.starts_with("p.yaml:2:")
+                && l.contains("`max_delay` (2s) is above the limit of 1s")),
+            "{m:?}"
+        );
+        let m = messages(&source("soon"));
+        assert!(m[0].starts_with("p.yaml:2:"), "{m:?}");
     }
 
     #[test]

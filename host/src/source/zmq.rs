@@ -1,11 +1,15 @@
 //! The ZeroMQ source: a PULL or SUB socket, bound or connected, read by the host's own ZMTP
-//! receive side ([`super::zmtp`]). Each connection decodes its messages straight from its
-//! read buffer and sends them on in batches of whatever is ready (never waiting to fill a
-//! batch).
+//! receive side ([`super::zmtp`]). Each connection gathers its messages (as they came, for a
+//! source whose stages share one thread, which decodes them; decoded, for one that feeds
+//! several) and sends them on in batches of whatever is ready, waiting to fill a batch only
+//! as long as the source's `max_delay` (0 by default).
 
-use std::sync::{
-    atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
-    Arc,
+use std::{
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
+        Arc,
+    },
+    time::Duration,
 };
 
 use abi_stable::std_types::{RArc, RVec};
@@ -19,6 +23,7 @@ use super::{
 };
 use crate::{
     accounting::{add_to_runs, Envelope, Facts, Lineage, PipelineCounters, Queued, DRAIN_TIMEOUT},
+    clock::unix_ns,
     config::{Decode, SocketKind, SourceConfig},
 };
 
@@ -111,6 +116,8 @@ impl ZmqSource {
             decode: cfg.decode,
             max_bytes: cfg.max_message_bytes,
             batch_size: cfg.batch_size,
+            max_delay_ns: u64::try_from(cfg.max_delay.as_nanos()).unwrap_or(u64::MAX),
+            first_at_ns: 0,
             // One consumer decodes what it takes; several share what the source decoded.
             decode_here: outputs.len() != 1,
             batch: RVec::new(),
@@ -158,6 +165,10 @@ struct BatchSink {
     decode: Decode,
     max_bytes: usize,
     batch_size: usize,
+    /// The source's `max_delay`, and when the first message of what is collected came (0:
+    /// nothing collected).
+    max_delay_ns: u64,
+    first_at_ns: u64,
     decode_here: bool,
     batch: RVec<Record>,
     buffer: MessageBuffer,
@@ -169,6 +180,9 @@ struct BatchSink {
 
 impl Sink for BatchSink {
     fn message(&mut self, _first: &[u8], payload: &[u8], received_at_ns: u64) {
+        if self.first_at_ns == 0 {
+            self.first_at_ns = received_at_ns;
+        }
         if !self.decode_here {
             if self.buffer.is_empty() {
                 self.buffer.reserve_like(payload, self.batch_size.min(64));
@@ -197,7 +211,16 @@ impl Sink for BatchSink {
         self.batch.len() + self.buffer.len() >= self.batch_size
     }
 
+    fn linger(&self) -> Option<Duration> {
+        if self.max_delay_ns == 0 || self.first_at_ns == 0 || self.full() {
+            return None;
+        }
+        let waited = unix_ns().saturating_sub(self.first_at_ns);
+        (waited < self.max_delay_ns).then(|| Duration::from_nanos(self.max_delay_ns - waited))
+    }
+
     async fn flush(&mut self) {
+        self.first_at_ns = 0;
         if !self.buffer.is_empty() {
             let buffer = self.buffer.take();
             let n = buffer.len();

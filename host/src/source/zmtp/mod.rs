@@ -256,6 +256,11 @@ pub trait Sink: Send + 'static {
     fn full(&self) -> bool;
     /// Hands on what was collected. May wait (back-pressure); reading waits with it.
     fn flush(&mut self) -> impl Future<Output = ()> + Send;
+    /// How much longer what was collected may wait for more when the socket has nothing
+    /// ready; `None` hands it on now.
+    fn linger(&self) -> Option<Duration> {
+        None
+    }
 }
 
 /// Counters of one source's connections, shown on /metrics and /api/metrics.
@@ -481,6 +486,19 @@ pub async fn serve<S: Sink>(
             }
             Ok(n) => buf.end += n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                // A batch that is not full may wait for more, up to the source's
+                // `max_delay`: the connection sleeps that long (without waking for each
+                // message that comes in meanwhile; the kernel holds them), then reads what
+                // came and hands the batch on.
+                if let Some(left) = sink.linger() {
+                    tokio::select! {
+                        () = tokio::time::sleep(left) => continue,
+                        _ = stop.changed() => {
+                            sink.flush().await;
+                            return Ok(());
+                        }
+                    }
+                }
                 // Nothing more is ready: hand on what was collected, then wait.
                 sink.flush().await;
                 if phase < 2 {
