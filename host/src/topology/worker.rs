@@ -11,8 +11,8 @@
 //! before, on the same thread, with no queue between them. A record then stays in one core's
 //! cache from the first stage to the last, with no hand-off to another thread (and the cache
 //! misses of one) per hop. A stage that is not ready keeps the output of the one before
-//! waiting (the worker takes no new batch meanwhile), as a full queue would. Everything else (ticks, retries, health answers,
-//! the drain) is per stage, as it is for a worker of one.
+//! waiting (the worker takes no new batch meanwhile), as a full queue would. Everything else
+//! (ticks, retries, health answers, the drain) is per stage, as it is for a worker of one.
 //!
 //! A stage may take records for later (acknowledged delivery). The worker hands each call an
 //! acknowledgement handle ([`HostAck`]) that settles them from any thread, and takes back
@@ -589,8 +589,9 @@ impl Running {
             lineage,
             facts,
         } = envelope;
+        // A root never has batches waiting: it takes its batches from the input queue.
         let queued = match self.slots[i].parent {
-            None => self.input.len() + self.slots[i].waiting.len(),
+            None => self.input.len(),
             Some(_) => self.slots[i].waiting.len(),
         };
         let (observed, type_field) = (self.observed, &self.type_field);
