@@ -130,6 +130,9 @@ impl KeyCheck {
 /// The trace context of a top-level field written at `value_at` under `key`, when it is a
 /// valid `traceparent` string.
 fn traceparent(b: &TapeBuilder<'_>, key: (u32, u32), value_at: usize) -> Option<TraceContext> {
+    if key.1 as usize != "traceparent".len() {
+        return None;
+    }
     let bytes: &[u8] = b.bytes;
     let e = b.entries.get(value_at)?;
     if &bytes[key.0 as usize..(key.0 + key.1) as usize] != b"traceparent" || e.tag != Entry::STR {
@@ -402,6 +405,23 @@ fn special_at(s: &[u8]) -> usize {
         0 => s.len(),
         hits => base + hits.trailing_zeros() as usize / 8,
     }
+}
+
+/// `mantissa * 10^exp10` when one operation on exact operands gives it (the mantissa at most
+/// 2^53, the power of ten at most 10^22): IEEE arithmetic then rounds it correctly, as a full
+/// parse would (Clinger's fast path). `None` otherwise.
+#[inline]
+fn exact_float(mantissa: u64, exp10: i64) -> Option<f64> {
+    const POW10: [f64; 23] = [
+        1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16,
+        1e17, 1e18, 1e19, 1e20, 1e21, 1e22,
+    ];
+    if mantissa > 1 << 53 {
+        return None;
+    }
+    let m = mantissa as f64;
+    let p = *POW10.get(exp10.unsigned_abs() as usize)?;
+    Some(if exp10 < 0 { m / p } else { m * p })
 }
 
 /// Objects and lists nested deeper than this are refused, as serde_json refuses them.
@@ -693,25 +713,62 @@ impl Scanner<'_, '_> {
             }
             _ => return Err(JsonError::Syntax),
         }
+        // A float's digits, as an integer (while they fit) and a power of ten: most floats
+        // (a timestamp with microseconds, say) are then one exact operation away.
+        let (mut mantissa, mut exact) = (magnitude, !overflow);
+        let mut exp10: i64 = 0;
         let mut float = false;
         if self.peek() == Some(b'.') {
             self.i += 1;
             float = true;
-            self.digits()?;
+            let first = self.i;
+            while let Some(d @ b'0'..=b'9') = self.peek() {
+                match mantissa
+                    .checked_mul(10)
+                    .and_then(|m| m.checked_add(u64::from(d - b'0')))
+                {
+                    Some(m) if exact => (mantissa, exp10) = (m, exp10 - 1),
+                    _ => exact = false,
+                }
+                self.i += 1;
+            }
+            if self.i == first {
+                return Err(JsonError::Syntax);
+            }
         }
         if let Some(b'e' | b'E') = self.peek() {
             self.i += 1;
             float = true;
-            if let Some(b'+' | b'-') = self.peek() {
+            let sign = match self.peek() {
+                Some(b'-') => -1,
+                Some(b'+') => 1,
+                _ => 0,
+            };
+            if sign != 0 {
                 self.i += 1;
             }
-            self.digits()?;
+            let first = self.i;
+            let mut e: i64 = 0;
+            while let Some(d @ b'0'..=b'9') = self.peek() {
+                // Beyond this the fast path is out of reach anyway.
+                e = (e * 10 + i64::from(d - b'0')).min(1 << 20);
+                self.i += 1;
+            }
+            if self.i == first {
+                return Err(JsonError::Syntax);
+            }
+            exp10 += if sign < 0 { -e } else { e };
         }
         let entry = if float {
-            // ASCII digits, signs, `.` and `e`: always UTF-8.
-            let text =
-                std::str::from_utf8(&self.s[start..self.i]).map_err(|_| JsonError::Syntax)?;
-            let f: f64 = text.parse().map_err(|_| JsonError::Syntax)?;
+            let f = match exact_float(mantissa, exp10) {
+                Some(f) if exact => f,
+                // ASCII digits, signs, `.` and `e`: always UTF-8.
+                _ => std::str::from_utf8(&self.s[start..self.i])
+                    .map_err(|_| JsonError::Syntax)?
+                    .parse()
+                    .map_err(|_| JsonError::Syntax)?,
+            };
+            let f = if negative { -f.abs() } else { f };
             if !f.is_finite() {
                 return Err(JsonError::NumberOutOfRange);
             }
@@ -732,19 +789,6 @@ impl Scanner<'_, '_> {
         };
         self.b.push(entry);
         Ok(())
-    }
-
-    /// One or more digits.
-    fn digits(&mut self) -> Scanned<()> {
-        let start = self.i;
-        while let Some(b'0'..=b'9') = self.peek() {
-            self.i += 1;
-        }
-        if self.i == start {
-            Err(JsonError::Syntax)
-        } else {
-            Ok(())
-        }
     }
 }
 
@@ -1111,6 +1155,31 @@ mod tests {
                 let r = Record::from_json(doc.as_bytes()).unwrap();
                 prop_assert_eq!(r.iter().next().map(|(k, _)| k), Some(text.as_str()));
                 prop_assert_eq!(r.get(&text).and_then(|v| v.as_str()), Some(text.as_str()));
+            }
+
+            /// Any float, however written, is the nearest `f64`, as the standard library's
+            /// parse gives it (the exact fast path and the full parse agree), or refused beyond
+            /// `f64`'s range.
+            #[test]
+            fn floats_are_the_nearest_f64(
+                text in "-?(0|[1-9][0-9]{0,20})(\\.[0-9]{1,20}([eE][+-]?[0-9]{1,3})?|[eE][+-]?[0-9]{1,3})",
+                f in any::<f64>().prop_filter("finite", |f| f.is_finite()),
+            ) {
+                for text in [text, format!("{f:?}"), format!("{f:e}"), format!("{f:.7}")] {
+                    let got = Record::from_json(format!("{{\"f\":{text}}}").as_bytes());
+                    let expected: f64 = text.parse().unwrap();
+                    match got {
+                        Ok(r) => prop_assert_eq!(
+                            r.get("f").and_then(|v| v.as_f64()).map(f64::to_bits),
+                            Some(expected.to_bits()),
+                            "{}", text
+                        ),
+                        Err(e) => {
+                            prop_assert!(!expected.is_finite(), "{} refused: {:?}", text, e);
+                            prop_assert_eq!(e, JsonError::NumberOutOfRange);
+                        }
+                    }
+                }
             }
 
             /// The eight-bytes-at-a-time scan finds what a byte-by-byte one finds.
