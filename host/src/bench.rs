@@ -2,10 +2,10 @@
 //! takes them end to end, what each message costs the host, how a fan-out scales, and how long
 //! a message takes from ingest to delivery at a fixed offered rate.
 //!
-//! The messages come from a second process (`host publish`, the `zeromq` crate's PUSH socket),
-//! so the CPU time measured is the host's own. Machines here are shared and noisy, and their CPU
-//! changes between sessions: the figures that matter are the ratios within one run, and every
-//! round measures every variant back to back. The table shows each variant's median.
+//! The messages come from a second process (`host publish`, a PUSH socket of the host's ZMTP
+//! code), so the CPU time measured is the host's own. Machines here are shared and noisy, and
+//! their CPU changes between sessions: the figures that matter are the ratios within one run,
+//! and every round measures every variant back to back. The table shows each variant's median.
 
 use std::{
     path::{Path, PathBuf},

@@ -5,6 +5,11 @@
 //! bound PUSH socket waits for a peer to connect for as long as it takes. Either wait is
 //! announced on stderr (a warning in the log) once it has lasted [`PEER_NOTICE_AFTER`], so
 //! that a publisher with nobody to send to does not look like a hung one.
+//!
+//! PUSH goes through the host's own ZMTP code ([`crate::source::zmtp::send`]): a run ends
+//! once the peer has read every message written, where the `zeromq` crate's socket could
+//! only be given time and lost its queue's tail to a receiver that fell behind. PUB stays
+//! on the `zeromq` crate: a subscriber that falls behind loses messages by design.
 
 use std::{
     fmt,
@@ -13,9 +18,12 @@ use std::{
 
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
-use zeromq::{Socket, SocketOptions, SocketSend, ZmqError, ZmqMessage};
+use zeromq::{Socket, SocketOptions, SocketSend, ZmqMessage};
 
-use crate::clock::unix_secs;
+use crate::{
+    clock::unix_secs,
+    source::zmtp::{send::PushConnection, Endpoint, Listener, Stream},
+};
 
 /// What kind of socket to send from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -32,14 +40,15 @@ pub enum PublishError {
         action: &'static str,
         endpoint: String,
         #[source]
-        source: ZmqError,
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
-    /// A send failed for good; `published` says what went before it.
+    /// A send failed for good, or the peer did not read what was sent; `published` says
+    /// what went before it.
     #[error("sending message {} failed", published.sent)]
     Send {
         published: Published,
         #[source]
-        source: ZmqError,
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
 }
 
@@ -101,43 +110,6 @@ impl fmt::Display for Published {
     }
 }
 
-/// Announces a wait for a peer once it has lasted [`PEER_NOTICE_AFTER`]; once per wait.
-struct PeerWait<'a> {
-    endpoint: &'a str,
-    bound: bool,
-    since: Option<Instant>,
-    told: bool,
-}
-
-impl PeerWait<'_> {
-    /// A message came back: no peer takes it now.
-    fn waiting(&mut self, sent: u64) {
-        let since = *self.since.get_or_insert_with(Instant::now);
-        if !self.told && since.elapsed() >= PEER_NOTICE_AFTER {
-            self.told = true;
-            let endpoint = self.endpoint;
-            if self.bound {
-                tracing::warn!(
-                    sent,
-                    "waiting for a peer to connect to {endpoint} (bound here; waiting as long as it takes)"
-                );
-            } else {
-                tracing::warn!(
-                    sent,
-                    "waiting for a peer at {endpoint}: the connection has no peer to take messages"
-                );
-            }
-        }
-    }
-
-    fn peer_took(&mut self) {
-        if self.since.take().is_some() && self.told {
-            self.told = false;
-            tracing::info!("a peer at {} takes messages again", self.endpoint);
-        }
-    }
-}
-
 const LEVELS: [&str; 4] = ["info", "debug", "warn", "error"];
 
 /// Message `i`: about 100 bytes of JSON with `id`, `level`, `sent_at`, `msg`, `value`.
@@ -148,20 +120,6 @@ pub fn generated_message(i: u64, sent_at: f64) -> String {
         LEVELS[(i % 4) as usize],
         i % 100
     )
-}
-
-enum Sender {
-    Push(zeromq::PushSocket),
-    Pub(zeromq::PubSocket),
-}
-
-impl Sender {
-    async fn send(&mut self, m: ZmqMessage) -> Result<(), ZmqError> {
-        match self {
-            Sender::Push(s) => s.send(m).await,
-            Sender::Pub(s) => s.send(m).await,
-        }
-    }
 }
 
 /// Options of one publishing run.
@@ -175,50 +133,148 @@ pub struct Publish {
     pub progress: bool,
 }
 
-/// Sends `count` messages. PUSH waits for a peer; PUB sends to whoever has subscribed.
-pub async fn publish(opts: &Publish) -> Result<Published, PublishError> {
-    let mut options = SocketOptions::default();
-    options.connect_timeout(CONNECT_TIMEOUT);
-    let mut sender = match opts.socket {
-        SendSocket::Push => Sender::Push(zeromq::PushSocket::with_options(options)),
-        SendSocket::Pub => Sender::Pub(zeromq::PubSocket::with_options(options)),
-    };
-    let endpoint = opts.endpoint.as_str();
-    let sock_err = |action, source| PublishError::Socket {
-        action,
-        endpoint: endpoint.to_owned(),
-        source,
-    };
-    if opts.bind {
-        match &mut sender {
-            Sender::Push(s) => s.bind(endpoint).await.map(drop),
-            Sender::Pub(s) => s.bind(endpoint).await.map(drop),
+/// How long a PUSH connection may take for its handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long the end of a run waits for the peer to read what was written.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Where a PUSH socket finds its peer.
+enum PushTarget {
+    Connect(Endpoint),
+    Bind(Listener),
+}
+
+/// Where the messages go: a PUSH connection of the host's own ZMTP code (which can tell when
+/// the peer has read everything), or the `zeromq` crate's PUB socket (which drops what nobody
+/// subscribed to anyway).
+enum Out {
+    Push {
+        target: PushTarget,
+        conn: Option<PushConnection>,
+    },
+    Pub(zeromq::PubSocket),
+}
+
+impl PushTarget {
+    /// A connection to a peer, handshake done. Connecting retries until something listens, for
+    /// at most [`CONNECT_TIMEOUT`]; a bound socket waits for a peer as long as it takes. Either
+    /// wait is announced once it has lasted [`PEER_NOTICE_AFTER`].
+    async fn establish(&self, endpoint: &str) -> Result<PushConnection, PublishError> {
+        let started = Instant::now();
+        let mut told = false;
+        let stream = loop {
+            let attempt = match self {
+                PushTarget::Connect(e) => {
+                    match tokio::time::timeout(PEER_NOTICE_AFTER, Stream::connect(e)).await {
+                        Ok(r) => r.map(Some),
+                        Err(_) => Ok(None),
+                    }
+                }
+                PushTarget::Bind(l) => {
+                    match tokio::time::timeout(PEER_NOTICE_AFTER, l.accept()).await {
+                        Ok(r) => r.map(Some),
+                        Err(_) => Ok(None),
+                    }
+                }
+            };
+            match attempt {
+                Ok(Some(stream)) => break stream,
+                // Nothing listens yet (or nobody connected): try again shortly.
+                Ok(None) | Err(_) if started.elapsed() < CONNECT_TIMEOUT || self.waits() => {}
+                Ok(None) => {
+                    return Err(PublishError::Socket {
+                        action: "connect to",
+                        endpoint: endpoint.to_owned(),
+                        source: format!("nobody listened within {}s", CONNECT_TIMEOUT.as_secs())
+                            .into(),
+                    })
+                }
+                Err(e) => {
+                    return Err(PublishError::Socket {
+                        action: "connect to",
+                        endpoint: endpoint.to_owned(),
+                        source: e.into(),
+                    })
+                }
+            }
+            if !told && started.elapsed() >= PEER_NOTICE_AFTER {
+                told = true;
+                if self.waits() {
+                    tracing::warn!(
+                        "waiting for a peer to connect to {endpoint} (bound here; waiting as long as it takes)"
+                    );
+                } else {
+                    tracing::warn!(
+                        "waiting for a peer at {endpoint}: nobody listens there yet (giving up after {}s)",
+                        CONNECT_TIMEOUT.as_secs()
+                    );
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        let conn = PushConnection::handshake(stream, HANDSHAKE_TIMEOUT)
+            .await
+            .map_err(|e| PublishError::Socket {
+                action: "complete the handshake with",
+                endpoint: endpoint.to_owned(),
+                source: e.into(),
+            })?;
+        if told {
+            tracing::info!("a peer at {endpoint} takes messages");
         }
-        .map_err(|e| sock_err("bind", e))?;
-    } else {
-        let connect = async {
-            match &mut sender {
-                Sender::Push(s) => s.connect(endpoint).await,
-                Sender::Pub(s) => s.connect(endpoint).await,
-            }
-        };
-        tokio::pin!(connect);
-        let connected = tokio::select! {
-            connected = &mut connect => connected,
-            () = tokio::time::sleep(PEER_NOTICE_AFTER) => {
-                tracing::warn!(
-                    "waiting for a peer at {endpoint}: nobody listens there yet (giving up after {}s)",
-                    CONNECT_TIMEOUT.as_secs()
-                );
-                connect.await
-            }
-        };
-        connected.map_err(|e| sock_err("connect to", e))?;
+        Ok(conn)
     }
-    if opts.socket == SendSocket::Pub {
-        // Subscriptions travel after the connection is made; give them a moment.
-        tokio::time::sleep(Duration::from_millis(300)).await;
+
+    /// Whether a wait for a peer has no end (a bound socket).
+    fn waits(&self) -> bool {
+        matches!(self, PushTarget::Bind(_))
     }
+}
+
+/// Sends `count` messages. PUSH waits for a peer, and at the end for the peer to have read
+/// every message; PUB sends to whoever has subscribed.
+pub async fn publish(opts: &Publish) -> Result<Published, PublishError> {
+    let endpoint = opts.endpoint.as_str();
+    let sock_err =
+        |action, source: Box<dyn std::error::Error + Send + Sync>| PublishError::Socket {
+            action,
+            endpoint: endpoint.to_owned(),
+            source,
+        };
+    let mut out = match opts.socket {
+        SendSocket::Push => {
+            let e = Endpoint::parse(endpoint).map_err(|e| sock_err("use", e.into()))?;
+            let target = if opts.bind {
+                PushTarget::Bind(
+                    Listener::bind(&e, endpoint)
+                        .await
+                        .map_err(|e| sock_err("bind", e.into()))?,
+                )
+            } else {
+                PushTarget::Connect(e)
+            };
+            Out::Push { target, conn: None }
+        }
+        SendSocket::Pub => {
+            let mut options = SocketOptions::default();
+            options.connect_timeout(CONNECT_TIMEOUT);
+            let mut s = zeromq::PubSocket::with_options(options);
+            if opts.bind {
+                s.bind(endpoint)
+                    .await
+                    .map(drop)
+                    .map_err(|e| sock_err("bind", e.into()))?;
+            } else {
+                s.connect(endpoint)
+                    .await
+                    .map_err(|e| sock_err("connect to", e.into()))?;
+            }
+            // Subscriptions travel after the connection is made; give them a moment.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            Out::Pub(s)
+        }
+    };
     let bar = if opts.progress {
         let bar = ProgressBar::new(opts.count);
         bar.set_style(
@@ -233,12 +289,6 @@ pub async fn publish(opts: &Publish) -> Result<Published, PublishError> {
     // paced stream comes in small bursts (latency measurements depend on it).
     let mut ticker = tokio::time::interval(Duration::from_millis(1));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-    let mut peer = PeerWait {
-        endpoint,
-        bound: opts.bind,
-        since: None,
-        told: false,
-    };
     let mut first_taken: Option<Instant> = None;
     let published = |first_taken: Option<Instant>, sent, errors| Published {
         endpoint: endpoint.to_owned(),
@@ -263,38 +313,73 @@ pub async fn publish(opts: &Publish) -> Result<Published, PublishError> {
             None => (opts.count - i).min(1024),
         };
         let sent_at = unix_secs();
-        for _ in 0..chunk {
-            let mut m = ZmqMessage::from(generated_message(i, sent_at));
-            // A PUSH socket with no peer hands the message back; wait for one.
-            loop {
-                match sender.send(m).await {
-                    Ok(()) => {
-                        first_taken.get_or_insert_with(Instant::now);
-                        peer.peer_took();
-                        break;
-                    }
-                    Err(ZmqError::ReturnToSender { message, .. }) => {
-                        m = message;
-                        peer.waiting(i);
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                    }
-                    Err(source) => {
-                        bar.abandon();
-                        return Err(PublishError::Send {
-                            published: published(first_taken, i, 1),
-                            source,
-                        });
+        match &mut out {
+            Out::Push { target, conn } => loop {
+                let c = match conn {
+                    Some(c) => c,
+                    None => conn.insert(
+                        target
+                            .establish(endpoint)
+                            .await
+                            .inspect_err(|_| bar.abandon())?,
+                    ),
+                };
+                for k in i..i + chunk {
+                    c.queue(generated_message(k, sent_at).as_bytes());
+                }
+                first_taken.get_or_insert_with(Instant::now);
+                match c.flush().await {
+                    Ok(()) => break,
+                    Err(e) => {
+                        // The peer went away. The chunk goes again to the next peer: the old
+                        // one may have read part of it (at least once, not at most once).
+                        tracing::warn!(
+                            sent = i,
+                            "the peer at {endpoint} went away ({e}); waiting for one to send to"
+                        );
+                        *conn = None;
                     }
                 }
+            },
+            Out::Pub(s) => {
+                for k in i..i + chunk {
+                    let m = ZmqMessage::from(generated_message(k, sent_at));
+                    if let Err(source) = s.send(m).await {
+                        bar.abandon();
+                        return Err(PublishError::Send {
+                            published: published(first_taken, k, 1),
+                            source: source.into(),
+                        });
+                    }
+                    first_taken.get_or_insert_with(Instant::now);
+                }
             }
-            i += 1;
         }
+        i += chunk;
         bar.set_position(i);
     }
     bar.finish();
     let done = published(first_taken, i, 0);
-    // The socket writes from its own tasks; give them time to hand the tail to the kernel.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    match out {
+        Out::Push {
+            conn: Some(c),
+            target: _,
+        } => {
+            // Done only once the peer has read every message written.
+            if let Err(e) = c.finish(DRAIN_TIMEOUT).await {
+                return Err(PublishError::Send {
+                    published: Published { errors: 1, ..done },
+                    source: e.into(),
+                });
+            }
+        }
+        Out::Push { conn: None, .. } => {}
+        Out::Pub(_) => {
+            // The socket writes from its own tasks; give them time to hand the tail to the
+            // kernel. (Subscribers that fall behind lose messages anyway: that is PUB.)
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
     Ok(done)
 }
 

@@ -227,6 +227,12 @@ pub fn run_with_timeout(mut cmd: Command) -> Output {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+    wait_with_timeout(child, &format!("{cmd:?}"))
+}
+
+/// Waits for `child` (`what` it runs) to end, with what it printed on its piped streams
+/// (none when not piped), killing it (and failing) after [`COMMAND_TIMEOUT`].
+pub fn wait_with_timeout(child: Child, what: &str) -> Output {
     let pid = child.id();
     let (tx, rx) = mpsc::channel();
     thread::spawn(move || {
@@ -247,7 +253,7 @@ pub fn run_with_timeout(mut cmd: Command) -> Output {
                 // SAFETY: kill(2) has no memory-safety preconditions.
                 unsafe { libc::kill(pid, libc::SIGKILL) };
             }
-            panic!("{cmd:?} did not finish within {COMMAND_TIMEOUT:?}");
+            panic!("{what} did not finish within {COMMAND_TIMEOUT:?}");
         }
     }
 }

@@ -242,3 +242,96 @@ fn a_bound_publisher_says_it_waits_for_a_peer_to_connect() {
     publisher.wait_for_stderr(&format!("waiting for a peer to connect to {endpoint}"));
     // Dropping the publisher kills it: nobody was ever going to connect.
 }
+
+/// A libzmq PULL socket (pyzmq) that binds or connects, stops reading for `pause` seconds
+/// once it has `pause_at` messages, then counts what arrives until nothing has come for 5 s,
+/// and prints the count and how many of the messages were not the next in order.
+const SLOW_PULL: &str = r#"
+import json, sys, time, zmq
+mode, endpoint, pause_at, pause = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
+ctx = zmq.Context()
+pull = ctx.socket(zmq.PULL)
+pull.setsockopt(zmq.RCVHWM, 1000)
+pull.setsockopt(zmq.RCVTIMEO, 5000)
+(pull.bind if mode == "bind" else pull.connect)(endpoint)
+print("ready", flush=True)
+count, out_of_order = 0, 0
+while True:
+    if count == pause_at:
+        time.sleep(pause)
+    try:
+        m = json.loads(pull.recv())
+    except zmq.Again:
+        break
+    out_of_order += m["id"] != count
+    count += 1
+print(count, out_of_order, flush=True)
+"#;
+
+/// Starts [`SLOW_PULL`]; returns once its socket is bound or connecting.
+fn slow_pull(mode: &str, endpoint: &str, pause_at: u64, pause_secs: f64) -> Child {
+    let mut child = std::process::Command::new(tests::PYTHON)
+        .args([
+            "-c",
+            SLOW_PULL,
+            mode,
+            endpoint,
+            &pause_at.to_string(),
+            &pause_secs.to_string(),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("cannot start python3 (pyzmq)");
+    let mut first = [0u8; 6];
+    child
+        .stdout
+        .as_mut()
+        .expect("piped stdout")
+        .read_exact(&mut first)
+        .expect("the PULL socket says it is ready");
+    assert_eq!(&first, b"ready\n");
+    child
+}
+
+/// What [`SLOW_PULL`] counted: (messages, messages out of order).
+fn pulled(child: Child) -> (u64, u64) {
+    let out = tests::wait_with_timeout(child, "the pyzmq PULL receiver");
+    let text = out.stdout;
+    let mut numbers = text.split_whitespace().map(|n| n.parse::<u64>().unwrap());
+    (numbers.next().unwrap(), numbers.next().unwrap())
+}
+
+#[test]
+fn publish_ends_only_once_a_slow_receiver_has_read_everything() {
+    // The receiver stops reading for 3 s a quarter of the way in: what follows fills its
+    // queue and the kernel's buffers, and the rest waits in `host publish`. The `zeromq`
+    // crate's socket took all of it into its own queue (100,000 messages) and `host publish`
+    // gave that queue 0.5 s after the last send: the tail was lost with the process. Now
+    // `host publish` ends when the peer has read every message.
+    let endpoint = free_endpoint();
+    let receiver = slow_pull("bind", &endpoint, 50_000, 3.0);
+    let count = 200_000;
+    let out = run_host(["publish", "--to", &endpoint, "--count", &count.to_string()]);
+    assert_eq!(out.code(), 0, "{out:?}");
+    assert!(
+        out.stdout
+            .starts_with(&format!("published sent={count} errors=0 ")),
+        "{out:?}"
+    );
+    assert_eq!(pulled(receiver), (count, 0), "every message, in order");
+}
+
+#[test]
+fn a_bound_publisher_sends_everything_to_the_peer_that_connects() {
+    let endpoint = free_endpoint();
+    let publisher = Publisher::spawn(&["--to", &endpoint, "--bind", "--count", "20000"]);
+    let receiver = slow_pull("connect", &endpoint, 0, 0.5);
+    let (code, stdout) = publisher.finish();
+    assert_eq!(code, 0, "{stdout}");
+    assert!(
+        stdout.starts_with("published sent=20000 errors=0 "),
+        "{stdout}"
+    );
+    assert_eq!(pulled(receiver), (20000, 0));
+}

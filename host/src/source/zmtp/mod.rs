@@ -17,6 +17,7 @@
 //! with the peer and the kernel.
 
 pub mod reader;
+pub mod send;
 
 use std::{
     future::Future,
@@ -31,7 +32,7 @@ use std::{
 };
 
 use tokio::{
-    io::AsyncWriteExt,
+    io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream, UnixListener, UnixStream},
     sync::{watch, Semaphore},
     task::JoinSet,
@@ -123,6 +124,21 @@ impl Stream {
         }
     }
 
+    async fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.read(buf).await,
+            Stream::Unix(s) => s.read(buf).await,
+        }
+    }
+
+    /// Closes this side's half of the connection (after everything written).
+    async fn shutdown(&mut self) -> io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.shutdown().await,
+            Stream::Unix(s) => s.shutdown().await,
+        }
+    }
+
     /// Opens a connection to `endpoint`.
     pub async fn connect(endpoint: &Endpoint) -> io::Result<Stream> {
         match endpoint {
@@ -182,7 +198,8 @@ impl Listener {
         }
     }
 
-    async fn accept(&self) -> io::Result<Stream> {
+    /// The next connection.
+    pub async fn accept(&self) -> io::Result<Stream> {
         match self {
             Listener::Tcp(l) => {
                 let (s, _) = l.accept().await?;
@@ -320,6 +337,8 @@ pub enum ConnError {
     PeerError(String),
     #[error("no handshake within {0:?}")]
     HandshakeTimeout(Duration),
+    #[error("the peer did not close the connection within {0:?} of the last message")]
+    DrainTimeout(Duration),
 }
 
 impl ConnError {
@@ -419,12 +438,7 @@ pub async fn serve<S: Sink>(
                 }
                 Step::Command { name, data } => match name {
                     b"READY" if phase == 1 => {
-                        let props = reader::properties(data)?;
-                        let peer = props
-                            .iter()
-                            .find(|(n, _)| n.eq_ignore_ascii_case(b"Socket-Type"))
-                            .map(|(_, v)| *v)
-                            .unwrap_or_default();
+                        let peer = reader::socket_type(data)?;
                         if !role.accepts(peer) {
                             return Err(ConnError::SocketType(
                                 String::from_utf8_lossy(peer).into_owned(),

@@ -353,6 +353,15 @@ pub fn properties(mut data: &[u8]) -> Result<Vec<Property<'_>>, ProtocolError> {
     Ok(out)
 }
 
+/// The socket type a READY command's metadata announces (empty when it names none).
+pub fn socket_type(ready: &[u8]) -> Result<&[u8], ProtocolError> {
+    Ok(properties(ready)?
+        .into_iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case(b"Socket-Type"))
+        .map(|(_, v)| v)
+        .unwrap_or_default())
+}
+
 // ---- what this side writes ----
 
 /// This side's greeting: ZMTP 3.0, NULL mechanism. 3.0 rather than 3.1, so that every peer
