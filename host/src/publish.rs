@@ -164,19 +164,17 @@ impl PushTarget {
         let started = Instant::now();
         let mut told = false;
         let stream = loop {
-            let attempt = match self {
-                PushTarget::Connect(e) => {
-                    match tokio::time::timeout(PEER_NOTICE_AFTER, Stream::connect(e)).await {
-                        Ok(r) => r.map(Some),
-                        Err(_) => Ok(None),
-                    }
+            // Nothing within PEER_NOTICE_AFTER: `None`, and the wait goes on.
+            let attempt = match tokio::time::timeout(PEER_NOTICE_AFTER, async {
+                match self {
+                    PushTarget::Connect(e) => Stream::connect(e).await,
+                    PushTarget::Bind(l) => l.accept().await,
                 }
-                PushTarget::Bind(l) => {
-                    match tokio::time::timeout(PEER_NOTICE_AFTER, l.accept()).await {
-                        Ok(r) => r.map(Some),
-                        Err(_) => Ok(None),
-                    }
-                }
+            })
+            .await
+            {
+                Ok(r) => r.map(Some),
+                Err(_) => Ok(None),
             };
             match attempt {
                 Ok(Some(stream)) => break stream,

@@ -254,8 +254,16 @@ impl RootModule for PluginModRef {
     const VERSION_STRINGS: VersionStrings = VERSION_STRINGS;
 }
 
-#[cfg(not(feature = "__compat_next_minor"))]
-const VERSION_STRINGS: VersionStrings = abi_stable::package_version_strings!();
+/// The `plugin-api` version a library claims: checked at load (`VERSION_STRINGS`) and
+/// listed from its manifest ([`crate::API_VERSION`]).
+#[cfg(not(any(feature = "__compat_next_minor", feature = "__compat_older_shape")))]
+pub(crate) const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// A fixture built "against the next minor" (0.3) claims that version.
 #[cfg(feature = "__compat_next_minor")]
-const VERSION_STRINGS: VersionStrings = VersionStrings::new("0.3.0");
+pub(crate) const VERSION: &str = "0.3.0";
+/// A fixture built "before fields were appended" claims the first 0.2 release, as a library
+/// built against an earlier patch would.
+#[cfg(all(feature = "__compat_older_shape", not(feature = "__compat_next_minor")))]
+pub(crate) const VERSION: &str = "0.2.0";
+
+const VERSION_STRINGS: VersionStrings = VersionStrings::new(VERSION);

@@ -2,8 +2,8 @@
 //! clause, each proven by a fixture library built against another shape of plugin-api (the
 //! `tests/fixtures/compat-*` crates, each built on its own) and loaded by the real host:
 //!
-//! 1. a library built before fields were appended to the root module and to the host's
-//!    callbacks loads and runs (`compat-older-shape`);
+//! 1. a library built against an earlier 0.2 patch (0.2.0), before fields were appended to
+//!    the root module and to the host's callbacks, loads and runs (`compat-older-shape`);
 //! 2. one built against a later 0.2.x, with fields appended to both, loads and runs
 //!    (`compat-newer-shape`);
 //! 3. one built against the next minor (0.3.0) is refused, in one line stating both versions
@@ -126,8 +126,8 @@ stages:
 }
 
 /// Checks that `host plugins --path LIB` lists stage type `stage` from `lib`, built against
-/// this host's plugin-api version, and refuses nothing.
-fn listed(lib: &Path, stage: &str) {
+/// plugin-api `api`, and refuses nothing.
+fn listed(lib: &Path, stage: &str, api: &str) {
     let (listed, refused) = plugins_listing(lib);
     assert!(refused.is_empty(), "{refused:?}");
     let line = listed
@@ -139,7 +139,7 @@ fn listed(lib: &Path, stage: &str) {
         [
             "processor".to_owned(),
             "0.1.0".to_owned(),
-            host_api_version(),
+            api.to_owned(),
             lib.display().to_string()
         ],
         "{line:?}"
@@ -149,7 +149,9 @@ fn listed(lib: &Path, stage: &str) {
 #[test]
 fn a_library_built_before_fields_were_appended_loads_runs_and_logs() {
     let lib = isolated_fixture_lib("compat-older-shape");
-    listed(&lib, "compat-older");
+    // Built against the first 0.2 release, a patch before this host's.
+    assert_ne!(host_api_version(), "0.2.0", "the host is a later 0.2 patch");
+    listed(&lib, "compat-older", "0.2.0");
     // Its log line came through the `log` callback alone (it knows no `log_enabled`), its
     // counter through `metric`.
     records_pass_through(&lib, "compat-older", "older");
@@ -158,7 +160,7 @@ fn a_library_built_before_fields_were_appended_loads_runs_and_logs() {
 #[test]
 fn a_library_built_against_a_later_0_2_loads_and_runs() {
     let lib = isolated_fixture_lib("compat-newer-shape");
-    listed(&lib, "compat-newer");
+    listed(&lib, "compat-newer", &host_api_version());
     records_pass_through(&lib, "compat-newer", "newer");
 }
 

@@ -32,7 +32,7 @@ use crate::{
 };
 
 /// The version of `plugin-api` a library is built against; goes into its manifest.
-pub const API_VERSION: &str = env!("CARGO_PKG_VERSION");
+pub const API_VERSION: &str = crate::module::VERSION;
 
 /// A stage, as its author writes it: a config type, a build step, then the runtime type
 /// (`Config` -> `build` -> `process`).
