@@ -12,8 +12,11 @@
 //! buffer), none per field. The `Deserialize` impls (stage configs, tests) go through serde
 //! with the same rules, except that serde's JSON reader hands integers beyond `u64` over as
 //! floats, so there they cannot be told from floats.
+//!
+//! JSON out: [`Record::write_json`] writes what serde_json writes for a record, copying the
+//! keys and strings the decoder found free of escapes as they are.
 
-use std::fmt;
+use std::{fmt, io};
 
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
@@ -22,7 +25,7 @@ use abi_stable::std_types::RVec;
 
 use crate::{
     record::{Entry, Record, TapeBuilder, TraceContext},
-    value::{Map, Value},
+    value::{Map, MapRef, Value, ValueKind, ValueRef},
 };
 
 /// Why a JSON text is not a record. Each kind is its own error type in the host's counts.
@@ -329,6 +332,7 @@ impl Record {
             },
             // The record's own object counts, as in serde_json's limit.
             depth: 1,
+            plain_end: u32::MAX,
         };
         scan.ws();
         // Another JSON value (not checked to its end) is not an object; anything else is
@@ -350,6 +354,14 @@ impl Record {
         scan.ws();
         if scan.i != bytes.len() {
             return Err(JsonError::Syntax);
+        }
+        // Every string before the first one that had an escape needs none when written
+        // again: each entry carries that bound (see `Entry::reserved_wide`).
+        let plain = scan
+            .plain_end
+            .min(u32::try_from(bytes_out.len()).unwrap_or(0));
+        for e in entries.iter_mut() {
+            e.reserved_wide = plain;
         }
         let mut record = Record::from_tape(n, entries, bytes_out);
         if let Some(t) = trace {
@@ -427,12 +439,106 @@ fn exact_float(mantissa: u64, exp10: i64) -> Option<f64> {
 /// Objects and lists nested deeper than this are refused, as serde_json refuses them.
 const MAX_DEPTH: usize = 128;
 
+impl Record {
+    /// Appends the record to `out` as one JSON object, without a line end: the text
+    /// serde_json writes for it, byte for byte, in less time. Keys and strings that the
+    /// host's decoder read without an escape are copied as they are (it notes in the table
+    /// which part of the buffer needs no escaping); other strings are checked eight bytes at
+    /// a time and escaped by serde_json when they need it.
+    ///
+    /// Fails only on a kind of value added by a later release whose text is not JSON (which
+    /// only a broken library writes); `out` is then as it was.
+    pub fn write_json(&self, out: &mut Vec<u8>) -> io::Result<()> {
+        let start = out.len();
+        let written = write_map(self.fields(), out);
+        if written.is_err() {
+            out.truncate(start);
+        }
+        written
+    }
+}
+
+fn write_map(map: MapRef<'_>, out: &mut Vec<u8>) -> io::Result<()> {
+    let tape = map.tape;
+    out.push(b'{');
+    for (n, at) in tape.children(map.first, map.len).enumerate() {
+        if n > 0 {
+            out.push(b',');
+        }
+        let e = &tape.entries[at];
+        let key = tape.str_at(u64::from(e.key_off), e.key_len);
+        write_str(key, u64::from(e.key_off), e.reserved_wide, out)?;
+        out.push(b':');
+        write_value(ValueRef { tape, at }, out)?;
+    }
+    out.push(b'}');
+    Ok(())
+}
+
+/// Scalars here, in the caller's loop; containers and the rarer kinds in [`write_nested`].
+#[inline(always)]
+fn write_value(value: ValueRef<'_>, out: &mut Vec<u8>) -> io::Result<()> {
+    use serde_json::ser::{CompactFormatter, Formatter};
+    match value.kind() {
+        ValueKind::Str(s) => {
+            let e = &value.tape.entries[value.at];
+            write_str(s, e.payload, e.reserved_wide, out)
+        }
+        ValueKind::Int(i) => CompactFormatter.write_i64(out, i),
+        // Not finite: serde_json writes `null`, in `write_nested`.
+        ValueKind::Float(f) if f.is_finite() => CompactFormatter.write_f64(out, f),
+        _ => write_nested(value, out),
+    }
+}
+
+#[inline(never)]
+fn write_nested(value: ValueRef<'_>, out: &mut Vec<u8>) -> io::Result<()> {
+    match value.kind() {
+        ValueKind::Map(map) => write_map(map, out),
+        ValueKind::List(list) => {
+            out.push(b'[');
+            for (n, item) in list.iter().enumerate() {
+                if n > 0 {
+                    out.push(b',');
+                }
+                write_value(item, out)?;
+            }
+            out.push(b']');
+            Ok(())
+        }
+        _ => serde_json::to_writer(&mut *out, &value).map_err(io::Error::from),
+    }
+}
+
+/// A key or string at `off` in its record's buffer, quoted; `plain_below` is its entry's
+/// bound below which the buffer needs no escaping.
+#[inline(always)]
+fn write_str(s: &str, off: u64, plain_below: u32, out: &mut Vec<u8>) -> io::Result<()> {
+    let bytes = s.as_bytes();
+    let plain = off.saturating_add(bytes.len() as u64) <= u64::from(plain_below)
+        || match bytes.len() {
+            // Short ones (most keys) byte by byte; longer ones eight bytes at a time.
+            0..8 => bytes.iter().all(|&b| b >= 0x20 && b != b'"' && b != b'\\'),
+            _ => special_at(bytes) == bytes.len(),
+        };
+    if !plain {
+        return serde_json::to_writer(&mut *out, s).map_err(io::Error::from);
+    }
+    out.reserve(bytes.len() + 2);
+    out.push(b'"');
+    out.extend_from_slice(bytes);
+    out.push(b'"');
+    Ok(())
+}
+
 /// JSON text into a record's table, in one pass.
 struct Scanner<'s, 'b> {
     s: &'s [u8],
     i: usize,
     b: TapeBuilder<'b>,
     depth: usize,
+    /// Where the first string with an escape starts in the buffer (`u32::MAX`: none yet).
+    plain_end: u32,
 }
 
 type Scanned<T> = Result<T, JsonError>;
@@ -603,6 +709,7 @@ impl Scanner<'_, '_> {
             _ => return Err(JsonError::Syntax),
         }
         let off = self.b.push_bytes(&self.s[start..self.i]).0;
+        self.plain_end = self.plain_end.min(off);
         loop {
             match self.peek() {
                 Some(b'"') => {
@@ -999,6 +1106,40 @@ mod tests {
         assert_eq!(serde_json::to_string(&r).unwrap(), text);
     }
 
+    /// What `write_json` writes, against serde_json, where the decoder's mark of what needs
+    /// no escaping matters: strings after an escaped one, keys renamed or set later (past the
+    /// mark, so checked as they are written), values serde_json writes its own way.
+    #[test]
+    fn write_json_writes_what_serde_json_writes() {
+        let written = |r: &Record| {
+            let mut out = Vec::new();
+            r.write_json(&mut out).unwrap();
+            let out = String::from_utf8(out).unwrap();
+            assert_eq!(out, serde_json::to_string(r).unwrap());
+            out
+        };
+        let text = r#"{"a":"x","b\n":"q\"","c":"y","d":[1,"z\\",{"e":-0.5}],"f":{}}"#;
+        let mut r = Record::from_json(text.as_bytes()).unwrap();
+        assert_eq!(written(&r), text);
+        r.rename("a", "k\"");
+        r.rename("c", "b\n");
+        r.insert("new\t", "v\u{1}");
+        r.insert("nan", f64::NAN);
+        r.insert("bytes", Value::Bytes(vec![1, 2]));
+        assert_eq!(
+            written(&r),
+            r#"{"k\"":"x","b\n":"y","d":[1,"z\\",{"e":-0.5}],"f":{},"new\t":"v\u0001","nan":null,"bytes":[1,2]}"#
+        );
+        // A kind of value added later is written as its creator wrote it; text that is not
+        // JSON (only a broken library writes it) fails, and leaves the output as it was.
+        r.insert_unknown_kind("later", 42, r#"{"x":1}"#);
+        assert!(written(&r).ends_with(r#""later":{"x":1}}"#));
+        r.insert_unknown_kind("broken", 43, "{not json");
+        let mut out = b"before".to_vec();
+        assert!(r.write_json(&mut out).is_err());
+        assert_eq!(out, b"before");
+    }
+
     #[test]
     fn traceparent_fills_the_trace_context() {
         let r = Record::from_json(
@@ -1130,6 +1271,9 @@ mod tests {
                         let record = got.expect("a valid object");
                         let oracle: serde_json::Value = serde_json::from_str(&text).unwrap();
                         prop_assert_eq!(serde_json::to_value(&record).unwrap(), oracle);
+                        let mut written = Vec::new();
+                        record.write_json(&mut written).unwrap();
+                        prop_assert_eq!(written, serde_json::to_vec(&record).unwrap());
                         // The serde path (configs, tests) reads the same record.
                         let via_serde: Record = serde_json::from_str(&text).unwrap();
                         prop_assert_eq!(&via_serde, &record);
@@ -1155,6 +1299,9 @@ mod tests {
                 let r = Record::from_json(doc.as_bytes()).unwrap();
                 prop_assert_eq!(r.iter().next().map(|(k, _)| k), Some(text.as_str()));
                 prop_assert_eq!(r.get(&text).and_then(|v| v.as_str()), Some(text.as_str()));
+                let mut written = Vec::new();
+                r.write_json(&mut written).unwrap();
+                prop_assert_eq!(written, doc.into_bytes());
             }
 
             /// Any float, however written, is the nearest `f64`, as the standard library's

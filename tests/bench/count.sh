@@ -66,19 +66,14 @@ for fn in clock_gettime malloc realloc; do
     fi
 done
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+source "$HERE/host.sh"
 INGEST="tcp://127.0.0.1:$(free_port)"
 ADMIN="127.0.0.1:$(free_port)"
 
 INGEST_ENDPOINT=$INGEST ADMIN_LISTEN=$ADMIN OUT_DIR=$WORK/out PLUGIN_DIR=target/release \
     RUST_LOG=warn "$HOST" --pipeline "$PIPELINE" 2>"$WORK/host.log" &
 HOST_PID=$!
-metric() { curl -s --max-time 2 "http://$ADMIN/metrics" | awk -v m="$1" '$1 == m {print $2}'; }
-for _ in $(seq 1 300); do
-    [[ -n $(metric host_messages_received_total) ]] && break
-    kill -0 "$HOST_PID" 2>/dev/null || { cat "$WORK/host.log" >&2; exit 1; }
-    sleep 0.1
-done
+wait_for_host "$HOST_PID" "$WORK/host.log"
 
 EVENTS=task-clock,context-switches,cpu-migrations,raw_syscalls:sys_enter
 for s in recvfrom write futex epoll_wait; do EVENTS+=",syscalls:sys_enter_$s"; done
@@ -88,18 +83,12 @@ PERF_PID=$!
 sleep 0.3
 
 "$HOST" publish --to "$INGEST" --count "$COUNT" ${RATE:+--rate "$RATE"} >/dev/null 2>&1
-# Every message settled: received COUNT, nothing in flight (checked every 0.2 s, so that
-# the polling itself adds little to the counts).
-for _ in $(seq 1 600); do
-    received=$(metric host_messages_received_total)
-    in_flight=$(metric host_messages_in_flight)
-    [[ ${received:-0} == "$COUNT" && ${in_flight:-1} == 0 ]] && break
-    sleep 0.2
-done
+# Every message settled (looked at every 0.2 s, so that the looking adds little to the counts).
+settled=yes
+wait_settled "$COUNT" 0.2 || settled=no
 kill -INT "$PERF_PID"
 wait "$PERF_PID" || true
-[[ ${received:-0} == "$COUNT" ]] ||
-    { echo "$0: the host received ${received:-0} of $COUNT messages" >&2; exit 1; }
+[[ $settled == yes ]] || exit 1
 
 echo "CPU: $(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo) ($(nproc) CPUs)"
 echo "$COUNT messages, pipeline $PIPELINE, ${RATE:-as many} msg/s offered"

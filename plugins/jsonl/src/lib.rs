@@ -74,12 +74,12 @@ impl Jsonl {
         let mut error = None;
         for record in records {
             let line_start = self.buffer.len();
-            if let Err(e) = serde_json::to_writer(&mut self.buffer, record) {
-                // Only a value serde_json cannot write (none a record holds today) gets
-                // here: the lines before it are written, it and the rest fail, as when a
-                // write fails part way.
+            if let Err(e) = record.write_json(&mut self.buffer) {
+                // Only a value no JSON writer can write (a broken library's) gets here: the
+                // lines before it are written, it and the rest fail, as when a write fails
+                // part way.
                 self.buffer.truncate(line_start);
-                error = Some(io::Error::new(io::ErrorKind::InvalidData, e));
+                error = Some(e);
                 break;
             }
             self.buffer.push(b'\n');
