@@ -9,7 +9,8 @@
 //!
 //! [`Record::from_json`] (what sources run on every message) is one pass over the text,
 //! straight into the record's table: three allocations per message (handle, table,
-//! buffer), none per field. The `Deserialize` impls (stage configs, tests) go through serde
+//! buffer), none per field. The buffer starts with a copy of the text, and a key or string
+//! without escapes is a range of it; one with escapes is written unescaped after it. The `Deserialize` impls (stage configs, tests) go through serde
 //! with the same rules, except that serde's JSON reader hands integers beyond `u64` over as
 //! floats, so there they cannot be told from floats.
 //!
@@ -321,8 +322,12 @@ impl Record {
         // (ASCII, never inside a character) is valid UTF-8 too.
         std::str::from_utf8(bytes).map_err(|_| JsonError::InvalidUtf8)?;
         let mut entries = RVec::with_capacity(8);
-        // Unescaped strings are never longer than their JSON; the slack is for a few edits.
+        // The text itself goes first: a string without escapes is a range of it (no copy of
+        // its own); a string with escapes is written, unescaped, after it. The slack is for
+        // a few edits.
         let mut bytes_out = RVec::with_capacity(bytes.len() + 64);
+        bytes_out.extend_from_copy_slice(bytes);
+        let text_len = u32::try_from(bytes.len()).map_err(|_| JsonError::Syntax)?;
         let mut scan = Scanner {
             s: bytes,
             i: 0,
@@ -332,7 +337,6 @@ impl Record {
             },
             // The record's own object counts, as in serde_json's limit.
             depth: 1,
-            plain_end: u32::MAX,
         };
         scan.ws();
         // Another JSON value (not checked to its end) is not an object; anything else is
@@ -355,13 +359,10 @@ impl Record {
         if scan.i != bytes.len() {
             return Err(JsonError::Syntax);
         }
-        // Every string before the first one that had an escape needs none when written
-        // again: each entry carries that bound (see `Entry::reserved_wide`).
-        let plain = scan
-            .plain_end
-            .min(u32::try_from(bytes_out.len()).unwrap_or(0));
+        // The strings within the text had no escapes and need none when written again:
+        // each entry carries that bound (see `Entry::reserved_wide`).
         for e in entries.iter_mut() {
-            e.reserved_wide = plain;
+            e.reserved_wide = text_len;
         }
         let mut record = Record::from_tape(n, entries, bytes_out);
         if let Some(t) = trace {
@@ -442,9 +443,9 @@ const MAX_DEPTH: usize = 128;
 impl Record {
     /// Appends the record to `out` as one JSON object, without a line end: the text
     /// serde_json writes for it, byte for byte, in less time. Keys and strings that the
-    /// host's decoder read without an escape are copied as they are (it notes in the table
-    /// which part of the buffer needs no escaping); other strings are checked eight bytes at
-    /// a time and escaped by serde_json when they need it.
+    /// host's decoder read without an escape are copied as they are (the table says which
+    /// they are); other strings are checked as they are written and escaped by serde_json
+    /// when they need it.
     ///
     /// Fails only on a kind of value added by a later release whose text is not JSON (which
     /// only a broken library writes); `out` is then as it was.
@@ -537,8 +538,6 @@ struct Scanner<'s, 'b> {
     i: usize,
     b: TapeBuilder<'b>,
     depth: usize,
-    /// Where the first string with an escape starts in the buffer (`u32::MAX`: none yet).
-    plain_end: u32,
 }
 
 type Scanned<T> = Result<T, JsonError>;
@@ -697,19 +696,20 @@ impl Scanner<'_, '_> {
     #[inline]
     fn string(&mut self) -> Scanned<(u32, u32)> {
         let start = self.i;
-        // Most strings have no escapes: found by one scan, copied in one go.
+        // Most strings have no escapes: found by one scan, and then they are the range of
+        // the text (which the buffer starts with) between the quotes.
         self.i += special_at(&self.s[self.i..]);
         match self.peek() {
             Some(b'"') => {
-                let key = self.b.push_bytes(&self.s[start..self.i]);
+                // Both within the text, whose length fits a u32 (checked before the scan).
+                let range = (start as u32, (self.i - start) as u32);
                 self.i += 1;
-                return Ok(key);
+                return Ok(range);
             }
             Some(b'\\') => {}
             _ => return Err(JsonError::Syntax),
         }
         let off = self.b.push_bytes(&self.s[start..self.i]).0;
-        self.plain_end = self.plain_end.min(off);
         loop {
             match self.peek() {
                 Some(b'"') => {

@@ -159,14 +159,15 @@ pub(crate) struct Entry {
     /// Unused (zero): room for a later 0.x. Plain integers rather than a byte array,
     /// which compilers fill through the stack, a store-forwarding stall per entry.
     pub(crate) reserved: u16,
-    /// Since 0.2.2: the record's buffer holds no byte that JSON must escape (a quote, a
-    /// backslash, a control character) below this offset, so a key or string that ends
-    /// below it is written as it is ([`Record::write_json`]). The decoder sets it (where
-    /// the first string with an escape starts); everything else writes 0 (unknown). It
-    /// stays true whatever a library of any 0.2 release does: a buffer only grows, its
-    /// bytes never change, and an entry copied or given a new key keeps a bound that is
-    /// still true of the same buffer. (Its name is the one 0.2.0 gave the field, which the
-    /// layout check compares.)
+    /// Since 0.2.2: a key or string whose bytes end at or below this offset of the record's
+    /// buffer is one the decoder read without escapes, and is written as it is
+    /// ([`Record::write_json`]). The decoder copies the message's text to the start of the
+    /// buffer, points such keys and strings into it and sets this to the text's length;
+    /// everything else writes 0 (unknown). It stays true whatever a library of any 0.2
+    /// release does: a buffer only grows and its bytes never change, every key or string a
+    /// library adds is appended past the end (so past the bound), and an entry copied or
+    /// given another key keeps a bound that is still true of the same buffer. (Its name is
+    /// the one 0.2.0 gave the field, which the layout check compares.)
     pub(crate) reserved_wide: u32,
 }
 
