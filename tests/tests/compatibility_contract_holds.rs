@@ -104,8 +104,9 @@ stages:
         built[0]
     );
 
+    // One string with an escape, so that the decoder writes it after the message's text.
     let sent: Vec<Value> = (0..5)
-        .map(|n| json!({ "n": n, "msg": format!("message {n}") }))
+        .map(|n| json!({ "n": n, "msg": format!("message\t{n}") }))
         .collect();
     send_json(&host.endpoint, &sent);
     let out = host.path("out.jsonl");
@@ -117,7 +118,7 @@ stages:
     let summary = host.stop();
 
     let expected: Vec<Value> = (0..5)
-        .map(|n| json!({ "n": n, "msg": format!("message {n}"), "shape": shape }))
+        .map(|n| json!({ "n": n, "say \"hi\"": format!("message\t{n}"), "shape": shape }))
         .collect();
     assert_eq!(read_json_lines(&out), expected);
     assert_eq!(counted, 5.0, "the stage's own counter");
