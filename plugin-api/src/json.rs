@@ -106,7 +106,10 @@ impl KeyCheck {
     fn add<'a>(&mut self, key: (u32, u32), bytes: &'a [u8]) -> Option<&'a [u8]> {
         let k = |(off, len): (u32, u32)| &bytes[off as usize..(off + len) as usize];
         if self.n < LINEAR_DUPLICATE_CHECK {
-            if self.first[..self.n].iter().any(|&seen| k(seen) == k(key)) {
+            if self.first[..self.n]
+                .iter()
+                .any(|&seen| crate::same_bytes(k(seen), k(key)))
+            {
                 return Some(k(key));
             }
             self.first[self.n] = key;
@@ -318,9 +321,17 @@ impl Record {
     /// One pass over the text, straight into the record's table: three allocations per
     /// message, none per field.
     pub fn from_json(bytes: &[u8]) -> Result<Record, JsonError> {
-        // Validated once here, so that every string cut out of it at a quote or a backslash
-        // (ASCII, never inside a character) is valid UTF-8 too.
-        std::str::from_utf8(bytes).map_err(|_| JsonError::InvalidUtf8)?;
+        // Text that is not UTF-8 is refused as such, whatever else is wrong with it. The
+        // scanner checks each string's contents (outside strings it accepts ASCII alone), so
+        // a record read is valid UTF-8 throughout; only a refusal needs the whole text
+        // checked, to give that reason first.
+        Record::scan(bytes).map_err(|e| match std::str::from_utf8(bytes) {
+            Ok(_) => e,
+            Err(_) => JsonError::InvalidUtf8,
+        })
+    }
+
+    fn scan(bytes: &[u8]) -> Result<Record, JsonError> {
         let mut entries = RVec::with_capacity(8);
         // The text itself goes first: a string without escapes is a range of it (no copy of
         // its own); a string with escapes is written, unescaped, after it. The slack is for
@@ -377,6 +388,13 @@ impl Record {
 /// at a time, as serde_json does.
 #[inline]
 fn special_at(s: &[u8]) -> usize {
+    special_or_non_ascii_at::<false>(s)
+}
+
+/// [`special_at`], or with `NON_ASCII` also the first byte above 0x7f (where a character
+/// that the caller checks as UTF-8 starts).
+#[inline(always)]
+fn special_or_non_ascii_at<const NON_ASCII: bool>(s: &[u8]) -> usize {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGH: u64 = 0x8080_8080_8080_8080;
     // The high bit of each byte of `v` that is zero (exact for the lowest such byte).
@@ -385,6 +403,7 @@ fn special_at(s: &[u8]) -> usize {
         zero(v ^ (ONES * u64::from(b'"')))
             | zero(v ^ (ONES * u64::from(b'\\')))
             | (v.wrapping_sub(ONES * 0x20) & !v & HIGH)
+            | if NON_ASCII { v & HIGH } else { 0 }
     };
     let mut i = 0;
     while let Some(chunk) = s.get(i..i + 8) {
@@ -692,24 +711,51 @@ impl Scanner<'_, '_> {
         }
     }
 
-    /// A string's contents, after its opening quote, into the record's buffer.
-    #[inline]
+    /// A string's contents, after its opening quote: where they are in the record's buffer.
+    /// Most strings are plain ASCII without escapes, found by one scan: then they are the
+    /// range of the text (which the buffer starts with) between the quotes.
+    #[inline(always)]
     fn string(&mut self) -> Scanned<(u32, u32)> {
         let start = self.i;
-        // Most strings have no escapes: found by one scan, and then they are the range of
-        // the text (which the buffer starts with) between the quotes.
-        self.i += special_at(&self.s[self.i..]);
-        match self.peek() {
-            Some(b'"') => {
-                // Both within the text, whose length fits a u32 (checked before the scan).
-                let range = (start as u32, (self.i - start) as u32);
-                self.i += 1;
-                return Ok(range);
-            }
-            Some(b'\\') => {}
-            _ => return Err(JsonError::Syntax),
+        self.i += special_or_non_ascii_at::<true>(&self.s[self.i..]);
+        if self.peek() == Some(b'"') {
+            // Both within the text, whose length fits a u32 (checked before the scan).
+            let range = (start as u32, (self.i - start) as u32);
+            self.i += 1;
+            return Ok(range);
         }
-        let off = self.b.push_bytes(&self.s[start..self.i]).0;
+        self.string_rest(start)
+    }
+
+    /// A string with characters beyond ASCII or escapes (or not a string at all), from its
+    /// start, the scan stopped at `self.i`. Its raw contents are checked as UTF-8 here, the
+    /// only place the text is: outside strings a scanner accepts ASCII alone.
+    #[inline(never)]
+    fn string_rest(&mut self, start: usize) -> Scanned<(u32, u32)> {
+        // The closing quote: the first one not escaped. Bytes above 0x7f never end a run
+        // (nor do they occur inside a UTF-8 character below 0x80, so no quote hides there).
+        let (mut end, mut escapes) = (self.i, false);
+        loop {
+            end += special_at(self.s.get(end..).unwrap_or_default());
+            match self.s.get(end) {
+                Some(b'"') => break,
+                Some(b'\\') => {
+                    escapes = true;
+                    end += 2;
+                }
+                _ => return Err(JsonError::Syntax),
+            }
+        }
+        if std::str::from_utf8(&self.s[start..end]).is_err() {
+            return Err(JsonError::InvalidUtf8);
+        }
+        if !escapes {
+            self.i = end + 1;
+            return Ok((start as u32, (end - start) as u32));
+        }
+        // Unescaped into the buffer after the text.
+        self.i = start;
+        let off = u32::try_from(self.b.bytes.len()).map_err(|_| JsonError::Syntax)?;
         loop {
             match self.peek() {
                 Some(b'"') => {
@@ -789,60 +835,63 @@ impl Scanner<'_, '_> {
         Ok(code)
     }
 
+    /// The run of ASCII digits at the current position, appended to `acc` (`acc * 10 +
+    /// digit` for each): how many there were, and the result, which is exact when `acc`'s
+    /// digits and these together are at most 19 (they fit a `u64`) and wrapped otherwise.
+    /// No check per digit: the caller counts digits instead.
+    #[inline]
+    fn digits(&mut self, mut acc: u64) -> (usize, u64) {
+        let start = self.i;
+        while let Some(&c) = self.s.get(self.i) {
+            let d = c.wrapping_sub(b'0');
+            if d > 9 {
+                break;
+            }
+            acc = acc.wrapping_mul(10).wrapping_add(u64::from(d));
+            self.i += 1;
+        }
+        (self.i - start, acc)
+    }
+
     /// A number: an integer (no fraction, no exponent) kept exactly as `i64` or refused; any
     /// other number as the nearest `f64`, refused beyond its range.
     fn number(&mut self, key: (u32, u32)) -> Scanned<()> {
+        /// Decimal digits that always fit a `u64`.
+        const EXACT_DIGITS: usize = 19;
         let start = self.i;
         let negative = self.peek() == Some(b'-');
         if negative {
             self.i += 1;
         }
-        let mut magnitude: u64 = 0;
-        let mut overflow = false;
-        match self.peek() {
+        let (int_digits, magnitude) = match self.peek() {
             Some(b'0') => {
                 self.i += 1;
                 if matches!(self.peek(), Some(b'0'..=b'9')) {
                     return Err(JsonError::Syntax); // no leading zeros
                 }
+                (1, 0)
             }
-            Some(b'1'..=b'9') => {
-                while let Some(d @ b'0'..=b'9') = self.peek() {
-                    match magnitude
-                        .checked_mul(10)
-                        .and_then(|m| m.checked_add(u64::from(d - b'0')))
-                    {
-                        Some(m) => magnitude = m,
-                        None => overflow = true,
-                    }
-                    self.i += 1;
-                }
-            }
+            Some(b'1'..=b'9') => self.digits(0),
             _ => return Err(JsonError::Syntax),
-        }
+        };
+        // Without leading zeros, more than 19 digits are beyond any 64-bit integer.
+        let overflow = int_digits > EXACT_DIGITS;
         // A float's digits, as an integer (while they fit) and a power of ten: most floats
         // (a timestamp with microseconds, say) are then one exact operation away.
-        let (mut mantissa, mut exact) = (magnitude, !overflow);
+        let (mut mantissa, mut all_digits) = (magnitude, int_digits);
         let mut exp10: i64 = 0;
         let mut float = false;
         if self.peek() == Some(b'.') {
             self.i += 1;
             float = true;
-            let first = self.i;
-            while let Some(d @ b'0'..=b'9') = self.peek() {
-                match mantissa
-                    .checked_mul(10)
-                    .and_then(|m| m.checked_add(u64::from(d - b'0')))
-                {
-                    Some(m) if exact => (mantissa, exp10) = (m, exp10 - 1),
-                    _ => exact = false,
-                }
-                self.i += 1;
-            }
-            if self.i == first {
+            let (n, m) = self.digits(mantissa);
+            if n == 0 {
                 return Err(JsonError::Syntax);
             }
+            (mantissa, all_digits) = (m, all_digits + n);
+            exp10 = -(n as i64);
         }
+        let exact = all_digits <= EXACT_DIGITS;
         if let Some(b'e' | b'E') = self.peek() {
             self.i += 1;
             float = true;
@@ -1341,10 +1390,36 @@ mod tests {
                 prop_assert_eq!(special_at(&bytes), plain);
             }
 
-            /// Any bytes: an answer, never a panic.
+            /// Any bytes: an answer, never a panic; `invalid_utf8` exactly when they are not
+            /// UTF-8.
             #[test]
             fn arbitrary_bytes_are_answered(bytes in prop::collection::vec(any::<u8>(), 0..256)) {
-                let _ = Record::from_json(&bytes);
+                let got = Record::from_json(&bytes);
+                let utf8 = std::str::from_utf8(&bytes).is_ok();
+                prop_assert_eq!(got.err() == Some(JsonError::InvalidUtf8), !utf8);
+            }
+
+            /// A document with bytes that are not UTF-8 anywhere (inside a string, in a key,
+            /// between tokens, after the end) is refused as `invalid_utf8`, whatever else is
+            /// wrong with it; the same bytes' valid neighbours read as serde_json reads them.
+            #[test]
+            fn text_that_is_not_utf8_is_refused_as_such(
+                doc in object(),
+                at in any::<prop::sample::Index>(),
+                bad in prop_oneof![
+                    Just(&b"\xff"[..]),
+                    Just(&b"\xc0\x80"[..]),
+                    Just(&b"\x80"[..]),
+                    Just(&b"\xe2\x82"[..]),
+                    Just(&b"\xed\xa0\x80"[..]),
+                ],
+            ) {
+                let mut text = String::new();
+                doc.write(&mut text);
+                let mut bytes = text.into_bytes();
+                let at = at.index(bytes.len() + 1);
+                bytes.splice(at..at, bad.iter().copied());
+                prop_assert_eq!(Record::from_json(&bytes).err(), Some(JsonError::InvalidUtf8));
             }
         }
     }

@@ -60,3 +60,48 @@ pub(crate) fn retain_mut<T>(
     }
     v.truncate(kept);
 }
+
+/// Byte-for-byte equality, inline up to 16 bytes (keys and most strings, where a call to
+/// `memcmp` costs more than the comparison: two overlapping loads from each end), `==`
+/// beyond.
+#[inline]
+pub(crate) fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+    let n = a.len();
+    if n != b.len() {
+        return false;
+    }
+    let word = |s: &[u8], at: usize| u64::from_le_bytes(s[at..at + 8].try_into().expect("8"));
+    let half = |s: &[u8], at: usize| u32::from_le_bytes(s[at..at + 4].try_into().expect("4"));
+    match n {
+        0 => true,
+        // Indexes 0, n / 2 and n - 1 cover every byte of one to three.
+        1..=3 => a[0] == b[0] && a[n / 2] == b[n / 2] && a[n - 1] == b[n - 1],
+        4..=7 => half(a, 0) == half(b, 0) && half(a, n - 4) == half(b, n - 4),
+        8..=16 => word(a, 0) == word(b, 0) && word(a, n - 8) == word(b, n - 8),
+        _ => a == b,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        /// The inline comparison agrees with `==`, for slices of equal and unequal lengths
+        /// that differ in any one byte.
+        #[test]
+        fn same_bytes_is_equality(a in prop::collection::vec(any::<u8>(), 0..40), at in any::<usize>(), to in any::<u8>(), cut in 0usize..3) {
+            prop_assert!(super::same_bytes(&a, &a.clone()));
+            let mut b = a.clone();
+            if !b.is_empty() {
+                let at = at % b.len();
+                b[at] = to;
+            }
+            prop_assert_eq!(super::same_bytes(&a, &b), a == b);
+            let shorter = &a[..a.len().saturating_sub(cut)];
+            prop_assert_eq!(super::same_bytes(&a, shorter), a[..] == *shorter);
+        }
+    }
+}

@@ -228,7 +228,10 @@ impl<'a> Tape<'a> {
     pub(crate) fn key_is(&self, at: usize, key: &str) -> bool {
         self.entries.get(at).is_some_and(|e| {
             e.key_len as usize == key.len()
-                && self.bytes_at(u64::from(e.key_off), e.key_len) == key.as_bytes()
+                && crate::same_bytes(
+                    self.bytes_at(u64::from(e.key_off), e.key_len),
+                    key.as_bytes(),
+                )
         })
     }
 

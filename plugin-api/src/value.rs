@@ -421,7 +421,7 @@ impl PartialEq<Value> for ValueRef<'_> {
             (ValueKind::Bool(a), Value::Bool(b)) => a == *b,
             (ValueKind::Int(a), Value::Int(b)) => a == *b,
             (ValueKind::Float(a), Value::Float(b)) => a == *b,
-            (ValueKind::Str(a), Value::Str(b)) => a == b,
+            (ValueKind::Str(a), Value::Str(b)) => crate::same_bytes(a.as_bytes(), b.as_bytes()),
             (ValueKind::Bytes(a), Value::Bytes(b)) => a == &b[..],
             (ValueKind::List(a), Value::List(b)) => {
                 a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x == *y)
@@ -442,7 +442,7 @@ impl PartialEq for ValueRef<'_> {
             (ValueKind::Bool(a), ValueKind::Bool(b)) => a == b,
             (ValueKind::Int(a), ValueKind::Int(b)) => a == b,
             (ValueKind::Float(a), ValueKind::Float(b)) => a == b,
-            (ValueKind::Str(a), ValueKind::Str(b)) => a == b,
+            (ValueKind::Str(a), ValueKind::Str(b)) => crate::same_bytes(a.as_bytes(), b.as_bytes()),
             (ValueKind::Bytes(a), ValueKind::Bytes(b)) => a == b,
             (ValueKind::List(a), ValueKind::List(b)) => {
                 a.len() == b.len() && a.iter().zip(b.iter()).all(|(x, y)| x == y)

@@ -37,21 +37,38 @@ pub enum CallOutcome<'a> {
 }
 
 /// Counts `records` by the value of `field` (missing: `none`; not a string: `other`). A
-/// batch holds few distinct types: they are tallied in a short list.
+/// batch holds few distinct types: they are tallied in a short list, the two without a name
+/// apart (no string to compare), and each record's type is first compared with the one
+/// before it (batches come in runs of one type).
 pub fn type_tally(records: &[Record], field: &str) -> Tally {
-    let mut tally: Vec<(&str, u64)> = Vec::with_capacity(8);
+    let (mut none, mut other) = (0, 0);
+    let mut named: Vec<(&str, u64)> = Vec::new();
+    let mut last = usize::MAX;
     for r in records {
-        let t = match r.get(field).map(|v| v.kind()) {
-            Some(ValueKind::Str(v)) => v,
-            Some(_) => "other",
-            None => "none",
-        };
-        match tally.iter_mut().find(|(k, _)| *k == t) {
-            Some((_, n)) => *n += 1,
-            None => tally.push((t, 1)),
+        match r.get(field).map(|v| v.kind()) {
+            None => none += 1,
+            Some(ValueKind::Str(t)) => match named.get_mut(last) {
+                Some((k, n)) if *k == t => *n += 1,
+                _ => match named.iter().position(|(k, _)| *k == t) {
+                    Some(at) => {
+                        named[at].1 += 1;
+                        last = at;
+                    }
+                    None => {
+                        last = named.len();
+                        named.push((t, 1));
+                    }
+                },
+            },
+            Some(_) => other += 1,
         }
     }
-    tally.into_iter().map(|(t, n)| (t.into(), n)).collect()
+    let unnamed = [("none", none), ("other", other)];
+    named
+        .into_iter()
+        .chain(unnamed.into_iter().filter(|(_, n)| *n > 0))
+        .map(|(t, n)| (t.into(), n))
+        .collect()
 }
 
 /// Plain counts, cumulative or for one window.
@@ -408,19 +425,26 @@ mod tests {
     #[test]
     fn data_types_are_counted_and_bounded() {
         let stats = StageStats::new("s", "p", StageKind::Processor);
-        let recs: Vec<Record> = ["a", "b", "a"]
+        let mut not_a_string = Record::default();
+        not_a_string.insert("type", 5);
+        let recs: Vec<Record> = ["a", "b", "a", "a", "c", "b"]
             .iter()
             .map(|t| {
                 let mut r = Record::default();
                 r.insert("type", *t);
                 r
             })
-            .chain(std::iter::once(Record::default()))
+            .chain([Record::default(), not_a_string, Record::default()])
             .collect();
-        stats.record_types(&type_tally(&recs, "type"));
+        let tally = type_tally(&recs, "type");
+        let expected: &[(&str, u64)] = &[("a", 3), ("b", 2), ("c", 1), ("none", 2), ("other", 1)];
+        let got: Vec<(&str, u64)> = tally.iter().map(|(t, n)| (&**t, *n)).collect();
+        assert_eq!(got, expected);
+        stats.record_types(&tally);
         let c = stats.snapshot(Duration::from_secs(1)).counts;
-        assert_eq!(c.data_types["a"], 2);
-        assert_eq!(c.data_types["b"], 1);
-        assert_eq!(c.data_types["none"], 1);
+        assert_eq!(c.data_types["a"], 3);
+        assert_eq!(c.data_types["b"], 2);
+        assert_eq!(c.data_types["none"], 2);
+        assert_eq!(c.data_types["other"], 1);
     }
 }
