@@ -25,7 +25,7 @@ use serde::Deserialize;
 use abi_stable::std_types::RVec;
 
 use crate::{
-    record::{Entry, Record, TapeBuilder, TraceContext},
+    record::{Entry, Record, RecordMeta, TapeBuilder, TraceContext},
     value::{Map, MapRef, Value, ValueKind, ValueRef},
 };
 
@@ -134,15 +134,15 @@ impl KeyCheck {
     }
 }
 
+/// The field that carries W3C trace context.
+const TRACEPARENT: &[u8] = b"traceparent";
+
 /// The trace context of a top-level field written at `value_at` under `key`, when it is a
 /// valid `traceparent` string.
 fn traceparent(b: &TapeBuilder<'_>, key: (u32, u32), value_at: usize) -> Option<TraceContext> {
-    if key.1 as usize != "traceparent".len() {
-        return None;
-    }
     let bytes: &[u8] = b.bytes;
     let e = b.entries.get(value_at)?;
-    if &bytes[key.0 as usize..(key.0 + key.1) as usize] != b"traceparent" || e.tag != Entry::STR {
+    if &bytes[key.0 as usize..(key.0 + key.1) as usize] != TRACEPARENT || e.tag != Entry::STR {
         return None;
     }
     let text = bytes.get(e.payload as usize..e.payload as usize + e.len as usize)?;
@@ -321,17 +321,34 @@ impl Record {
     /// One pass over the text, straight into the record's table: three allocations per
     /// message, none per field.
     pub fn from_json(bytes: &[u8]) -> Result<Record, JsonError> {
+        Record::read_json(bytes, RecordMeta::default())
+    }
+
+    /// [`Record::from_json`], with what the host knows of the message (its id, its size:
+    /// the text's length, when it was received) set in the same step. For hosts' sources,
+    /// as [`Record::set_origin`] is; the record is made once, never changed after.
+    #[doc(hidden)]
+    pub fn from_json_with_origin(
+        bytes: &[u8],
+        id: u64,
+        received_at_ns: u64,
+    ) -> Result<Record, JsonError> {
+        let meta = RecordMeta::origin(id, bytes.len() as u64, received_at_ns);
+        Record::read_json(bytes, meta)
+    }
+
+    fn read_json(bytes: &[u8], meta: RecordMeta) -> Result<Record, JsonError> {
         // Text that is not UTF-8 is refused as such, whatever else is wrong with it. The
         // scanner checks each string's contents (outside strings it accepts ASCII alone), so
         // a record read is valid UTF-8 throughout; only a refusal needs the whole text
         // checked, to give that reason first.
-        Record::scan(bytes).map_err(|e| match std::str::from_utf8(bytes) {
+        Record::scan(bytes, meta).map_err(|e| match std::str::from_utf8(bytes) {
             Ok(_) => e,
             Err(_) => JsonError::InvalidUtf8,
         })
     }
 
-    fn scan(bytes: &[u8]) -> Result<Record, JsonError> {
+    fn scan(bytes: &[u8], meta: RecordMeta) -> Result<Record, JsonError> {
         let mut entries = RVec::with_capacity(8);
         // The text itself goes first: a string without escapes is a range of it (no copy of
         // its own); a string with escapes is written, unescaped, after it. The slack is for
@@ -375,11 +392,7 @@ impl Record {
         for e in entries.iter_mut() {
             e.reserved_wide = text_len;
         }
-        let mut record = Record::from_tape(n, entries, bytes_out);
-        if let Some(t) = trace {
-            record.set_trace(t);
-        }
-        Ok(record)
+        Ok(Record::decoded(meta, trace, n, entries, bytes_out))
     }
 }
 
@@ -612,9 +625,12 @@ impl Scanner<'_, '_> {
             self.eat(b':')?;
             let value_at = self.b.entries.len();
             self.value(key)?;
-            if let Some(trace) = trace.as_deref_mut() {
-                if let Some(t) = traceparent(&self.b, key, value_at) {
-                    *trace = Some(t);
+            // Only a key of its length is looked at further (no call per key).
+            if key.1 as usize == TRACEPARENT.len() {
+                if let Some(trace) = trace.as_deref_mut() {
+                    if let Some(t) = traceparent(&self.b, key, value_at) {
+                        *trace = Some(t);
+                    }
                 }
             }
             n += 1;

@@ -130,7 +130,7 @@ fn hex_out(bytes: &[u8], out: &mut String) {
 /// What the host knows about the message a record came from.
 #[repr(C)]
 #[derive(StableAbi, Clone, Copy, PartialEq, Eq, Default, Debug)]
-struct RecordMeta {
+pub(crate) struct RecordMeta {
     id: u64,
     size_bytes: u64,
     received_at_ns: u64,
@@ -138,6 +138,18 @@ struct RecordMeta {
     /// A fixture built with another record layout (a change that needs a new 0.x) has this.
     #[cfg(feature = "__compat_other_record_layout")]
     added: u64,
+}
+
+impl RecordMeta {
+    /// What a source knows of a message it read (see [`Record::set_origin`]).
+    pub(crate) fn origin(id: u64, size_bytes: u64, received_at_ns: u64) -> RecordMeta {
+        RecordMeta {
+            id,
+            size_bytes,
+            received_at_ns,
+            ..RecordMeta::default()
+        }
+    }
 }
 
 /// One value in a record's table. Keys and strings live in the record's byte buffer.
@@ -397,6 +409,20 @@ impl Record {
     /// A record from a table the decoder filled.
     pub(crate) fn from_tape(fields: usize, entries: RVec<Entry>, bytes: RVec<u8>) -> Record {
         Record::from_parts(RecordMeta::default(), u32_of(fields), entries, bytes)
+    }
+
+    /// A record of a decoded message: `meta` with `trace` if it has one.
+    pub(crate) fn decoded(
+        mut meta: RecordMeta,
+        trace: Option<TraceContext>,
+        fields: usize,
+        entries: RVec<Entry>,
+        bytes: RVec<u8>,
+    ) -> Record {
+        if let Some(t) = trace {
+            meta.trace = t;
+        }
+        Record::from_parts(meta, u32_of(fields), entries, bytes)
     }
 
     fn from_parts(meta: RecordMeta, fields: u32, entries: RVec<Entry>, bytes: RVec<u8>) -> Record {

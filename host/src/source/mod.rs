@@ -34,8 +34,16 @@ impl DecodeError {
     }
 }
 
-/// Turns one message payload into a record (its `meta` is filled in by the caller).
-pub fn decode(payload: &[u8], decode: Decode, max_bytes: usize) -> Result<Record, DecodeError> {
+/// Turns one message payload into a record, with what the host knows of the message: its
+/// `id`, its size (the payload's) and when it was received. Set as the record is made (the
+/// record is not changed after, which would cost a check of its handle through abi_stable).
+pub fn decode(
+    payload: &[u8],
+    decode: Decode,
+    max_bytes: usize,
+    id: u64,
+    received_at_ns: u64,
+) -> Result<Record, DecodeError> {
     if payload.len() > max_bytes {
         return Err(DecodeError::TooLarge);
     }
@@ -43,13 +51,17 @@ pub fn decode(payload: &[u8], decode: Decode, max_bytes: usize) -> Result<Record
         return Err(DecodeError::Empty);
     }
     match decode {
-        Decode::Json => Record::from_json(payload).map_err(DecodeError::Json),
+        Decode::Json => {
+            Record::from_json_with_origin(payload, id, received_at_ns).map_err(DecodeError::Json)
+        }
         Decode::Raw => {
             let value = match std::str::from_utf8(payload) {
                 Ok(text) => Value::from(text),
                 Err(_) => Value::Bytes(payload.to_vec()),
             };
-            Ok([("message", value)].into_iter().collect())
+            let mut record: Record = [("message", value)].into_iter().collect();
+            record.set_origin(id, payload.len() as u64, received_at_ns);
+            Ok(record)
         }
     }
 }
@@ -149,9 +161,8 @@ impl Messages {
             let payload = &self.bytes[start..end];
             start = end;
             let id = self.first_id + i as u64;
-            match decode(payload, self.decode, self.max_bytes) {
-                Ok(mut record) => {
-                    record.set_origin(id, payload.len() as u64, at);
+            match decode(payload, self.decode, self.max_bytes, id, at) {
+                Ok(record) => {
                     records.push(record);
                     ids.push(id);
                     add_to_runs(&mut received, at);
@@ -180,7 +191,7 @@ mod tests {
     #[test]
     fn each_bad_message_has_its_own_error_type() {
         let d = |p: &[u8]| {
-            decode(p, Decode::Json, 64)
+            decode(p, Decode::Json, 64, 1, 2)
                 .map(|_| ())
                 .map_err(DecodeError::error_type)
         };
@@ -229,10 +240,31 @@ mod tests {
     }
 
     #[test]
+    fn a_record_carries_its_message_id_size_receive_time_and_trace() {
+        let traced =
+            br#"{"traceparent":"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01","a":1}"#;
+        for (payload, how) in [(&traced[..], Decode::Json), (&traced[..], Decode::Raw)] {
+            let r = decode(payload, how, 1024, 7, 42).unwrap();
+            assert_eq!(
+                (r.id(), r.size_bytes(), r.received_at_ns()),
+                (7, payload.len() as u64, 42),
+                "{how:?}"
+            );
+            // Trace context is read from JSON fields; a raw message has none.
+            assert_eq!(r.trace().is_some(), how == Decode::Json, "{how:?}");
+        }
+        let plain = decode(br#"{"a":1}"#, Decode::Json, 64, 8, 43).unwrap();
+        assert_eq!(
+            (plain.id(), plain.size_bytes(), plain.trace()),
+            (8, 7, None)
+        );
+    }
+
+    #[test]
     fn raw_keeps_text_or_bytes() {
-        let r = decode(b"hello", Decode::Raw, 64).unwrap();
+        let r = decode(b"hello", Decode::Raw, 64, 1, 2).unwrap();
         assert_eq!(r.get("message").and_then(|v| v.as_str()), Some("hello"));
-        let r = decode(b"\xff", Decode::Raw, 64).unwrap();
+        let r = decode(b"\xff", Decode::Raw, 64, 1, 2).unwrap();
         assert!(matches!(
             r.get("message").map(|v| v.kind()),
             Some(plugin_api::ValueKind::Bytes(_))

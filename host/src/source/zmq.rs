@@ -193,10 +193,9 @@ impl Sink for BatchSink {
         if self.batch.capacity() == 0 {
             self.batch.reserve(self.batch_size.min(64));
         }
-        match decode(payload, self.decode, self.max_bytes) {
-            Ok(mut record) => {
-                // The id is set when the batch is admitted.
-                record.set_origin(0, payload.len() as u64, received_at_ns);
+        // The id is set when the batch is admitted.
+        match decode(payload, self.decode, self.max_bytes, 0, received_at_ns) {
+            Ok(record) => {
                 self.batch.push(record);
             }
             Err(e) => self.counters.reject(e.error_type(), 1),
