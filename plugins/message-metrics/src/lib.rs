@@ -29,20 +29,32 @@ pub struct MessageMetricsConfig {
     /// The field whose value is the message's type; no type fields are made without it.
     #[serde(default)]
     pub type_field: Option<String>,
+    /// How many distinct types are counted apart; records of any further type count as
+    /// [`OTHER`]. Bounds the stage's memory whatever values the messages carry.
+    #[serde(default = "default_max_types")]
+    pub max_types: usize,
 }
 
 fn default_timestamp_field() -> String {
     "timestamp".to_owned()
 }
 
+fn default_max_types() -> usize {
+    1000
+}
+
+/// The type that records of a type beyond `max_types` are counted as.
+pub const OTHER: &str = "other";
+
 /// The `message-metrics` stage: see the crate documentation.
 pub struct MessageMetrics {
     ctx: StageContext,
     timestamp_field: String,
     type_field: Option<String>,
-    /// Counts by type value, since the stage was built. Grows with the number of distinct
-    /// values, so `type_field` should name a field with few of them.
+    /// Counts by type value, since the stage was built: at most `max_types` of them, plus
+    /// [`OTHER`].
     types: HashMap<String, TypeCount>,
+    max_types: usize,
     /// The type values seen in the batch being processed, each once; kept between batches so
     /// that its allocation is reused.
     batch_types: Vec<String>,
@@ -69,23 +81,37 @@ impl MessageMetrics {
         }
         if let Some(type_field) = &self.type_field {
             let name = type_value(record.get(type_field));
-            let count = self.count_type(&name);
-            out.insert("type", &*name);
+            let (name, count) = self.count_type(&name);
+            out.insert("type", name);
             out.insert("type_count", i64::try_from(count).unwrap_or(i64::MAX));
         }
         out
     }
 
-    /// Counts one record of type `name`; returns how many have been seen, this one included.
-    fn count_type(&mut self, name: &str) -> u64 {
+    /// Counts one record of type `name`: under its own name while fewer than `max_types`
+    /// types have been seen (or it is one of them), as [`OTHER`] after. Returns the name it
+    /// was counted under and how many have been counted so, this one included.
+    fn count_type<'n>(&mut self, name: &'n str) -> (&'n str, u64) {
         // Look up by `&str` first so that a type seen before costs no allocation.
+        let name = if self.types.contains_key(name) || self.types.len() < self.max_types {
+            name
+        } else {
+            if !self.types.contains_key(OTHER) {
+                tracing::warn!(
+                    stage = self.ctx.instance(),
+                    max_types = self.max_types,
+                    "more distinct types than max_types: further ones are counted as `{OTHER}`"
+                );
+            }
+            OTHER
+        };
         if let Some(count) = self.types.get_mut(name) {
             if count.in_batch == 0 {
                 self.batch_types.push(name.to_owned());
             }
             count.in_batch += 1;
             count.total += 1;
-            return count.total;
+            return (name, count.total);
         }
         self.types.insert(
             name.to_owned(),
@@ -95,7 +121,7 @@ impl MessageMetrics {
             },
         );
         self.batch_types.push(name.to_owned());
-        1
+        (name, 1)
     }
 
     /// Records the batch's counters through the host: one call per counter and type, not per
@@ -145,6 +171,12 @@ impl Stage for MessageMetrics {
                 "`timestamp_field` must not be empty",
             ));
         }
+        if config.max_types == 0 {
+            return Err(ConfigError::at(
+                "max_types",
+                "`max_types` must be at least 1",
+            ));
+        }
         if config.type_field.as_deref() == Some("") {
             return Err(ConfigError::at(
                 "type_field",
@@ -166,6 +198,7 @@ impl Stage for MessageMetrics {
             timestamp_field: config.timestamp_field,
             type_field: config.type_field,
             types: HashMap::new(),
+            max_types: config.max_types,
             batch_types: Vec::new(),
         })
     }
@@ -322,6 +355,38 @@ mod tests {
         );
     }
 
+    #[test]
+    fn types_beyond_max_types_are_counted_as_other() {
+        let mut stage = stage(r#"{"type_field":"kind","max_types":2}"#);
+        // A thousand distinct types from outside: the stage keeps two and `other`.
+        let many: Vec<String> = (0..1000).map(|i| format!(r#"{{"kind":"k{i}"}}"#)).collect();
+        let mut b = batch(&many);
+        stage.process(&mut b).unwrap();
+        let mut b = batch(&lines(&[
+            r#"{"kind":"k0"}"#,
+            r#"{"kind":"new"}"#,
+            r#"{"kind":"k1"}"#,
+        ]));
+        stage.process(&mut b).unwrap();
+        let seen: Vec<(&str, i64)> = b
+            .records()
+            .iter()
+            .map(|r| {
+                let t = r.get("type").and_then(|v| v.as_str()).unwrap();
+                (t, r.get("type_count").and_then(|v| v.as_i64()).unwrap())
+            })
+            .collect();
+        assert_eq!(seen, [("k0", 2), (OTHER, 999), ("k1", 2)]);
+        assert_eq!(stage.types.len(), 3);
+    }
+
+    #[test]
+    fn max_types_must_be_at_least_one() {
+        let config: MessageMetricsConfig = serde_json::from_str(r#"{"max_types":0}"#).unwrap();
+        let err = MessageMetrics::check(&config).unwrap_err();
+        assert!(format!("{err:?}").contains("max_types"), "{err:?}");
+    }
+
     /// One counter call the host received: name, value, labels.
     type Counted = (String, f64, Vec<(String, String)>);
 
@@ -427,6 +492,7 @@ mod tests {
         let config: MessageMetricsConfig = serde_json::from_str("{}").unwrap();
         assert_eq!(config.timestamp_field, "timestamp");
         assert_eq!(config.type_field, None);
+        assert_eq!(config.max_types, 1000);
 
         let check = |json: &str| {
             sdk::check::<MessageMetrics>(RStr::from_str(json))
