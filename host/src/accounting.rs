@@ -107,13 +107,7 @@ impl PipelineCounters {
     }
 
     fn count_failure_type(&self, error_type: &str, count: u64) {
-        let mut by_type = lock(&self.failed_by_type);
-        match by_type.get_mut(error_type) {
-            Some(n) => *n += count,
-            None => {
-                by_type.insert(error_type.to_owned(), count);
-            }
-        }
+        count_bounded(&mut lock(&self.failed_by_type), error_type, count);
     }
 
     /// Waits until `count` more messages may be in flight, then admits them as one batch with
@@ -414,6 +408,22 @@ pub struct Facts {
 /// Counts by value: (value, how many records).
 pub type Tally = Box<[(Box<str>, u64)]>;
 
+/// Distinct names (error types, data types) counted apart in one map; more are counted as
+/// `other`, so what messages or libraries say cannot grow a map (or a metric's series)
+/// without bound.
+pub const MAX_TYPES: usize = 1000;
+
+/// Adds `n` under `key`, or under `other` once the map holds [`MAX_TYPES`] names.
+pub fn count_bounded(map: &mut BTreeMap<String, u64>, key: &str, n: u64) {
+    match map.get_mut(key) {
+        Some(c) => *c += n,
+        None => {
+            let key = if map.len() >= MAX_TYPES { "other" } else { key };
+            *map.entry(key.to_owned()).or_default() += n;
+        }
+    }
+}
+
 impl Facts {
     /// Facts its maker knew already (a source: the ids it gave, the times it read).
     pub fn known(ids: Box<[u64]>, received: Box<[(u64, u64)]>) -> Facts {
@@ -641,6 +651,20 @@ mod tests {
             .unwrap();
         drop(second);
         assert_eq!(counters.totals().in_flight, 0);
+    }
+
+    #[test]
+    fn distinct_error_types_are_bounded() {
+        let counters = PipelineCounters::default();
+        for i in 0..MAX_TYPES + 500 {
+            counters.reject(&format!("kind_{i}"), 1);
+        }
+        counters.reject("kind_0", 1);
+        let snap = counters.totals();
+        assert_eq!(snap.failed_by_type.len(), MAX_TYPES + 1);
+        assert_eq!(snap.failed_by_type["other"], 500);
+        assert_eq!(snap.failed_by_type["kind_0"], 2);
+        assert_eq!(snap.failed_by_type.values().sum::<u64>(), snap.failed);
     }
 
     #[test]

@@ -11,10 +11,10 @@ use hdrhistogram::Histogram;
 use plugin_api::{Failure, Record, StageError, StageKind, ValueKind};
 use serde::Serialize;
 
-use crate::{accounting::Tally, lock};
-
-/// Distinct data-type values counted per stage; more are counted as `other`.
-const MAX_TYPES: usize = 1000;
+use crate::{
+    accounting::{count_bounded, Tally},
+    lock,
+};
 
 /// A latency histogram in nanoseconds, 1 ns to 1 hour, 3 significant digits (bounded memory).
 pub fn latency_histogram() -> Histogram<u64> {
@@ -89,13 +89,7 @@ pub struct Counts {
 
 impl Counts {
     fn bump(map: &mut BTreeMap<String, u64>, key: &str, n: u64) {
-        match map.get_mut(key) {
-            Some(c) => *c += n,
-            None => {
-                let key = if map.len() >= MAX_TYPES { "other" } else { key };
-                *map.entry(key.to_owned()).or_default() += n;
-            }
-        }
+        count_bounded(map, key, n);
     }
 
     fn apply(&mut self, outcome: &CallOutcome<'_>) {
