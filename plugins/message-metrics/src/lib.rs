@@ -92,36 +92,37 @@ impl MessageMetrics {
     /// types have been seen (or it is one of them), as [`OTHER`] after. Returns the name it
     /// was counted under and how many have been counted so, this one included.
     fn count_type<'n>(&mut self, name: &'n str) -> (&'n str, u64) {
-        // Look up by `&str` first so that a type seen before costs no allocation.
-        let name = if self.types.contains_key(name) || self.types.len() < self.max_types {
-            name
-        } else {
-            if !self.types.contains_key(OTHER) {
-                tracing::warn!(
-                    stage = self.ctx.instance(),
-                    max_types = self.max_types,
-                    "more distinct types than max_types: further ones are counted as `{OTHER}`"
-                );
-            }
-            OTHER
-        };
-        if let Some(count) = self.types.get_mut(name) {
-            if count.in_batch == 0 {
-                self.batch_types.push(name.to_owned());
-            }
-            count.in_batch += 1;
-            count.total += 1;
-            return (name, count.total);
+        // Look up by `&str` first, so that a type seen before costs one lookup and no
+        // allocation.
+        if let Some(total) = self.bump(name) {
+            return (name, total);
         }
-        self.types.insert(
-            name.to_owned(),
-            TypeCount {
-                total: 1,
-                in_batch: 1,
-            },
-        );
-        self.batch_types.push(name.to_owned());
-        (name, 1)
+        if self.types.len() < self.max_types {
+            self.types.insert(name.to_owned(), TypeCount::default());
+            self.bump(name);
+            return (name, 1);
+        }
+        if !self.types.contains_key(OTHER) {
+            tracing::warn!(
+                stage = self.ctx.instance(),
+                max_types = self.max_types,
+                "more distinct types than max_types: further ones are counted as `{OTHER}`"
+            );
+            self.types.insert(OTHER.to_owned(), TypeCount::default());
+        }
+        (OTHER, self.bump(OTHER).unwrap_or_default())
+    }
+
+    /// Counts one more record of a type already counted; its total, or `None` if the type
+    /// is new.
+    fn bump(&mut self, name: &str) -> Option<u64> {
+        let count = self.types.get_mut(name)?;
+        if count.in_batch == 0 {
+            self.batch_types.push(name.to_owned());
+        }
+        count.in_batch += 1;
+        count.total += 1;
+        Some(count.total)
     }
 
     /// Records the batch's counters through the host: one call per counter and type, not per
