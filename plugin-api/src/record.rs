@@ -229,9 +229,11 @@ impl<'a> Tape<'a> {
     #[inline]
     pub(crate) fn str_at(&self, off: u64, len: u32) -> &'a str {
         let bytes = self.bytes_at(off, len);
-        // SAFETY: keys and `STR` values are only ever written by `TapeBuilder`, from `&str`
-        // (the table is private to this crate, in every 0.2 release: a format invariant), and
-        // `bytes_at` hands out exactly the bytes written or none.
+        // SAFETY: keys and `STR` values are only ever written by this crate (the table is
+        // private to it, in every 0.2 release: a format invariant): by `TapeBuilder` from
+        // `&str`, or by the JSON decoder as ranges of the message's text that it found to be
+        // ASCII or checked as UTF-8 (`Scanner::string`); and `bytes_at` hands out exactly
+        // such a range or none.
         unsafe { std::str::from_utf8_unchecked(bytes) }
     }
 
