@@ -305,11 +305,13 @@ impl<'de> Visitor<'de> for RecordSeed {
             },
             Some(&mut trace),
         )?;
-        let mut record = Record::from_tape(n, entries, bytes);
-        if let Some(t) = trace {
-            record.set_trace(t);
-        }
-        Ok(record)
+        Ok(Record::decoded(
+            RecordMeta::default(),
+            trace,
+            n,
+            entries,
+            bytes,
+        ))
     }
 }
 

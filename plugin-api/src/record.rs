@@ -409,11 +409,8 @@ impl Record {
     }
 
     /// A record from a table the decoder filled.
-    pub(crate) fn from_tape(fields: usize, entries: RVec<Entry>, bytes: RVec<u8>) -> Record {
-        Record::from_parts(RecordMeta::default(), u32_of(fields), entries, bytes)
-    }
-
-    /// A record of a decoded message: `meta` with `trace` if it has one.
+    /// A record of a decoded message (its table and buffer): `meta` with `trace` if it has
+    /// one.
     pub(crate) fn decoded(
         mut meta: RecordMeta,
         trace: Option<TraceContext>,
@@ -820,7 +817,7 @@ mod tests {
         entries.push(Entry::new(Entry::STR, (0, 1), 1_000, 5)); // past the buffer
         let mut bytes = RVec::new();
         bytes.extend_from_copy_slice(b"kxyz");
-        let r = Record::from_tape(3, entries, bytes); // claims 3 fields, has 1
+        let r = Record::decoded(RecordMeta::default(), None, 3, entries, bytes); // claims 3 fields, has 1
         assert_eq!(r.get("k").and_then(|v| v.as_str()), Some(""));
         assert_eq!(r.iter().count(), 1);
         assert!(r.get("missing").is_none());

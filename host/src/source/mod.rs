@@ -35,8 +35,8 @@ impl DecodeError {
 }
 
 /// Turns one message payload into a record, with what the host knows of the message: its
-/// `id`, its size (the payload's) and when it was received. Set as the record is made (the
-/// record is not changed after, which would cost a check of its handle through abi_stable).
+/// `id`, its size (the payload's) and when it was received. A JSON record is made with them
+/// (changing it after would cost a check of its handle through abi_stable per message).
 pub fn decode(
     payload: &[u8],
     decode: Decode,
