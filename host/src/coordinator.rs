@@ -18,7 +18,7 @@
 //! is not sampled costs one non-recording span and nothing more.
 
 use std::{
-    sync::Arc,
+    sync::{Arc, Weak},
     time::{Duration, Instant},
 };
 
@@ -38,6 +38,11 @@ use crate::{
 pub const OPERATION: &str = "process";
 /// The operation of a single record's failure inside a call that returned.
 pub const RECORD_OPERATION: &str = "process.record";
+
+/// The operation of records a stage took for later (`Batch::defer_all`) and settled after
+/// its call had returned: delivered ones as `records_out`, failed ones as `records_failed`
+/// with their error type.
+pub const SETTLE_OPERATION: &str = "settle";
 
 /// Observes one stage's calls: how ([`Mode`]), and whether they are traced.
 #[derive(Clone)]
@@ -176,6 +181,18 @@ impl Coordinator {
         !matches!(self.mode, Mode::Disabled)
     }
 
+    /// Where settlements after a call are reported, for an observer (`mode: custom`); the
+    /// monitor counts them through the stage's statistics in every mode.
+    pub fn late_reports(&self) -> Option<LateReports> {
+        match &self.mode {
+            Mode::Custom(stats, feed) => Some(LateReports {
+                stage: stats.name.as_str().into(),
+                feed: Arc::downgrade(feed),
+            }),
+            _ => None,
+        }
+    }
+
     /// Starts a call with `records` (looked at only when the call is traced and sampled).
     #[inline]
     pub fn start_phase(&self, records: &[Record]) -> Phase {
@@ -275,6 +292,40 @@ impl Coordinator {
                     labels: Vec::new(),
                 },
             ),
+        }
+    }
+}
+
+/// An observer's reports of records settled after their call (see [`SETTLE_OPERATION`]),
+/// made on whatever thread settles them. Holds the feed weakly: the observer shuts down when
+/// the last worker stops, whoever still holds a ticket.
+#[derive(Clone)]
+pub struct LateReports {
+    stage: Arc<str>,
+    feed: Weak<ObserverFeed>,
+}
+
+impl LateReports {
+    pub fn delivered(&self, n: u64) {
+        self.push(n, 0, "");
+    }
+
+    pub fn failed(&self, n: u64, error_type: &str) {
+        self.push(0, n, error_type);
+    }
+
+    fn push(&self, records_out: u64, records_failed: u64, error_type: &str) {
+        if let Some(feed) = self.feed.upgrade() {
+            feed.push(CallReport {
+                stage: (*self.stage).into(),
+                operation: SETTLE_OPERATION.into(),
+                ended_at_ns: crate::clock::unix_ns(),
+                duration_ns: 0,
+                records_in: records_out + records_failed,
+                records_out,
+                records_failed,
+                error_type: error_type.into(),
+            });
         }
     }
 }

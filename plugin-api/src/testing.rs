@@ -39,19 +39,19 @@ pub struct Checked {
 }
 
 #[derive(Default)]
-struct Settlements {
-    deferred: Vec<u64>,
-    delivered: Vec<u64>,
-    failed: Vec<(u64, String)>,
-    retried: Vec<u64>,
+pub(crate) struct Settlements {
+    pub(crate) deferred: Vec<u64>,
+    pub(crate) delivered: Vec<u64>,
+    pub(crate) failed: Vec<(u64, String)>,
+    pub(crate) retried: Vec<u64>,
 }
 
 /// An acknowledgement handle that writes down what it is told, as the host would count it.
 #[derive(Clone, Default)]
-struct RecordingAck(Arc<Mutex<Settlements>>);
+pub(crate) struct RecordingAck(Arc<Mutex<Settlements>>);
 
 impl RecordingAck {
-    fn with<T>(&self, f: impl FnOnce(&mut Settlements) -> T) -> T {
+    pub(crate) fn with<T>(&self, f: impl FnOnce(&mut Settlements) -> T) -> T {
         f(&mut self.0.lock().unwrap_or_else(|e| e.into_inner()))
     }
 }

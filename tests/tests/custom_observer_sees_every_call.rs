@@ -171,6 +171,80 @@ monitoring:
 }
 
 #[test]
+fn records_settled_after_their_call_reach_the_observer_as_the_monitor_counts_them() {
+    let mut host = Host::start(
+        r#"
+plugins:
+  paths: ["{{fixtures}}/libdeferred_exporter.so", "{{fixtures}}/libaudit_observer.so"]
+sources:
+  in: { type: zmq, socket: pull, bind: "{{endpoint}}" }
+stages:
+  out:
+    plugin: deferred
+    inputs: [in]
+    config:
+      out: "{{dir}}/out.jsonl"
+      down_while: "{{dir}}/down"
+      reject_while: "{{dir}}/reject"
+      sending: { batch_size: 10, max_delay: 20ms }
+monitoring:
+  mode: custom
+  admin: { listen: "127.0.0.1:0" }
+  custom:
+    plugin: audit
+    config: { out: "{{dir}}/audit.jsonl" }
+"#,
+    );
+    // 20 delivered by the exporter's own thread, then 15 its target rejects.
+    let messages = |from: u64, to: u64| (from..to).map(|n| json!({ "n": n })).collect::<Vec<_>>();
+    send_json(&host.endpoint, &messages(0, 20));
+    host.wait_settled(20);
+    std::fs::write(host.path("reject"), b"").unwrap();
+    send_json(&host.endpoint, &messages(20, 35));
+    host.wait_settled(35);
+
+    let summary = host.stop();
+    assert_reconciled(&summary);
+    assert_eq!(totals(&summary), (35, 20, 0, 15), "{summary:#}");
+    let (reports, _) = audit_reports(&host);
+    let settled: Vec<&Value> = reports
+        .iter()
+        .filter(|r| r["operation"] == "settle")
+        .collect();
+    let sum = |key: &str| settled.iter().map(|r| n(&r[key])).sum::<u64>();
+    assert_eq!(sum("records_out"), 20, "{settled:#?}");
+    assert_eq!(sum("records_failed"), 15, "{settled:#?}");
+    assert_eq!(sum("records_in"), 35, "{settled:#?}");
+    for r in &settled {
+        assert_eq!(r["stage"], "out", "{r}");
+        let expected = if n(&r["records_failed"]) > 0 {
+            "rejected"
+        } else {
+            ""
+        };
+        assert_eq!(r["error_type"], expected, "{r}");
+    }
+    // The same as the monitor's count, which the calls themselves do not show: the stage
+    // took every record for later and returned.
+    let counted = stage(&summary, "out");
+    assert_eq!(n(&counted["records_delivered_later"]), 20, "{summary:#}");
+    assert_eq!(
+        counted["errors_by_type"],
+        json!({ "rejected": 15 }),
+        "{summary:#}"
+    );
+    let calls: Vec<&Value> = reports
+        .iter()
+        .filter(|r| r["operation"] == "process")
+        .collect();
+    assert!(calls
+        .iter()
+        .all(|r| n(&r["records_failed"]) == 0 && n(&r["records_out"]) == 0));
+    // Records delivered later are timed end to end too, each once.
+    assert_eq!(n(&counted["end_to_end_ms"]["count"]), 20, "{summary:#}");
+}
+
+#[test]
 fn a_slow_observer_never_slows_a_stage_and_its_drops_are_counted() {
     let mut host = Host::start(
         r#"

@@ -158,3 +158,42 @@ fn delivered_retried_and_failed_records_reconcile_exactly() {
         assert_eq!(line["record"]["_retried"], true, "{line}");
     }
 }
+
+#[test]
+fn a_stage_without_a_thread_settles_what_it_holds_on_the_hosts_ticks() {
+    let mut host = Host::start(
+        r#"
+plugins:
+  paths: ["{{fixtures}}/libdeferred_exporter.so"]
+sources:
+  in: { type: zmq, socket: pull, bind: "{{endpoint}}" }
+stages:
+  out: { plugin: ticking, inputs: [in], config: { out: "{{dir}}/out.jsonl", tick_ms: 50 } }
+monitoring:
+  mode: direct
+  admin: { listen: "127.0.0.1:0" }
+"#,
+    );
+    // The stage returns from every call with the records held; only a tick delivers them
+    // (the drain's flush would too, but the host is not stopping).
+    send_json(&host.endpoint, &messages(0, 30));
+    host.wait_settled(30);
+    assert_eq!(
+        delivered_numbers(&host.path("out.jsonl")),
+        (0..30).collect()
+    );
+    let ticks = host
+        .metrics()
+        .get("host_plugin_ticks_total", &[("stage", "out")])
+        .unwrap_or(0.0);
+    assert!(ticks >= 1.0, "settled without a tick?");
+
+    let summary = host.stop();
+    assert_reconciled(&summary);
+    assert_eq!(totals(&summary), (30, 30, 0, 0), "{summary:#}");
+    assert_eq!(
+        stage(&summary, "out")["records_delivered_later"],
+        30,
+        "{summary:#}"
+    );
+}

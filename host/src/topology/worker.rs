@@ -43,7 +43,7 @@ use super::probe::{StageProbe, WorkerThread};
 use crate::{
     accounting::{Envelope, Lineage, Queued, DRAIN_TIMEOUT},
     clock::unix_ns,
-    coordinator::Coordinator,
+    coordinator::{Coordinator, LateReports},
     monitor::{type_tally, CallOutcome, StageStats},
 };
 
@@ -62,6 +62,8 @@ pub struct StageAcks {
     outstanding: AtomicI64,
     /// `None` when monitoring is disabled: then settlements count for the messages only.
     stats: Option<Arc<StageStats>>,
+    /// An observer's reports of settlements (`monitoring.mode: custom`).
+    late: Option<LateReports>,
     retries: std_mpsc::Sender<Retry>,
     /// Woken when a retry arrives, or everything taken has been settled.
     thread: Arc<WorkerThread>,
@@ -72,6 +74,9 @@ pub struct StageAcks {
 struct HostAck {
     lineage: Arc<Lineage>,
     acks: Arc<StageAcks>,
+    /// When the first message of the call's batch was received (0 if none was): records
+    /// delivered later are timed from it, at most the batch's gathering time early.
+    received_ns: u64,
 }
 
 impl HostAck {
@@ -100,8 +105,15 @@ impl FfiAck for HostAck {
             self.lineage.delivered(*id);
             self.lineage.undeferred(*id);
         }
+        let n = ids.len() as u64;
         if let Some(stats) = &self.acks.stats {
-            stats.record_delivered_later(ids.len() as u64);
+            stats.record_delivered_later(n);
+            if self.received_ns != 0 {
+                stats.record_delivered(&[(self.received_ns, n)], unix_ns());
+            }
+        }
+        if let Some(late) = &self.acks.late {
+            late.delivered(n);
         }
         self.settled(ids.len());
     }
@@ -113,6 +125,9 @@ impl FfiAck for HostAck {
         }
         if let Some(stats) = &self.acks.stats {
             stats.record_failures(error.kind(), ids.len() as u64);
+        }
+        if let Some(late) = &self.acks.late {
+            late.failed(ids.len() as u64, error.kind());
         }
         self.settled(ids.len());
     }
@@ -260,6 +275,7 @@ impl Worker {
                     acks: Arc::new(StageAcks {
                         outstanding: AtomicI64::new(0),
                         stats: stage.coordinator.is_enabled().then(|| stage.stats.clone()),
+                        late: stage.coordinator.late_reports(),
                         retries: retry_tx,
                         thread: stage.probe.thread().clone(),
                     }),
@@ -614,6 +630,7 @@ impl Running {
         let ack = HostAck {
             lineage: lineage.clone(),
             acks: slot.acks.clone(),
+            received_ns: records.first().map_or(0, Record::received_at_ns),
         };
         // The records are looked at only for a traced (sampled) call.
         let phase = this.coordinator.start_phase(&records);

@@ -148,16 +148,15 @@ impl SendingConfig {
 }
 
 /// The backoff before retry number `attempt` (0 for the first retry): `initial_interval`
-/// times `multiplier^attempt`, capped at `max_interval`, times a factor in `1 ± jitter`
-/// drawn from `random` (in [0, 1)).
+/// times `multiplier^attempt`, times a factor in `1 ± jitter` drawn from `random` (in
+/// [0, 1)), and never more than `max_interval`.
 pub fn backoff(retry: &RetryConfig, attempt: u32, random: f64) -> Duration {
     let base = retry.initial_interval.as_secs_f64()
         * retry
             .multiplier
             .powi(i32::try_from(attempt).unwrap_or(i32::MAX));
-    let capped = base.min(retry.max_interval.as_secs_f64());
     let factor = 1.0 + retry.jitter * (2.0 * random - 1.0);
-    Duration::from_secs_f64((capped * factor).max(0.0))
+    Duration::from_secs_f64((base * factor).clamp(0.0, retry.max_interval.as_secs_f64()))
 }
 
 /// What the stage and its sending thread share.
@@ -291,12 +290,18 @@ impl<E: Exporter> Drop for Queued<E> {
 }
 
 /// Takes the next batch: waits for a first record, then for `batch_size` records or
-/// `max_delay`, whichever comes first (or a flush, or stop).
+/// `max_delay`, whichever comes first (or a flush). None once the stage is dropped, even
+/// with records queued: the host drops a stage after its drain (the queue is empty then) or
+/// after its drain timeout, when it has counted what is left as failed; sending the rest
+/// would only hold the exit up. Records left queued are failed as `unsettled` when dropped.
 fn next_batch(shared: &Shared, sending: &SendingConfig) -> Option<Deferred> {
     let mut state = shared.lock();
-    while state.queue.is_empty() {
+    loop {
         if state.stop {
             return None;
+        }
+        if !state.queue.is_empty() {
+            break;
         }
         state = shared
             .changed
@@ -315,6 +320,9 @@ fn next_batch(shared: &Shared, sending: &SendingConfig) -> Option<Deferred> {
             .unwrap_or_else(|e| e.into_inner())
             .0;
     }
+    if state.stop {
+        return None;
+    }
     let mut batch = state.queue.pop_front()?;
     while batch.len() < sending.batch_size {
         let Some(next) = state.queue.pop_front() else {
@@ -330,7 +338,7 @@ fn next_batch(shared: &Shared, sending: &SendingConfig) -> Option<Deferred> {
     if state.queue.is_empty() {
         state.flush_now = false;
     }
-    // Room in the queue: a worker waiting in `process` may go on.
+    // Room in the queue: `ready` says so again.
     shared.changed.notify_all();
     Some(batch)
 }
@@ -449,7 +457,144 @@ mod tests {
         assert_eq!(backoff(&r, 30, 0.5), Duration::from_secs(5));
         assert!(backoff(&r, 0, 0.0) < Duration::from_millis(100));
         assert!(backoff(&r, 0, 0.999) > Duration::from_millis(100));
-        assert!(backoff(&r, 30, 0.999) <= Duration::from_secs(6));
+        assert_eq!(backoff(&r, 30, 0.999), Duration::from_secs(5));
+        // 6.4 s less 20% is still above the cap; 3.2 s plus 20% is not.
+        assert_eq!(backoff(&r, 6, 0.0), Duration::from_secs(5));
+        assert!(backoff(&r, 5, 0.999) < Duration::from_secs(5));
+    }
+
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use abi_stable::{
+        sabi_trait::TD_Opaque,
+        std_types::{RArc, RVec},
+    };
+
+    use crate::{
+        module::FfiAck_TO,
+        testing::{assert_stage_compliance, RecordingAck},
+    };
+
+    /// Every send takes `delay_ms`, then fails as retryable (`target_down`), or succeeds
+    /// with `up`. `attempts` counts sends, a counter for each test.
+    struct Down {
+        delay: Duration,
+        up: bool,
+        attempts: &'static AtomicUsize,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct DownConfig {
+        sending: SendingConfig,
+        delay_ms: u64,
+        #[serde(default)]
+        up: bool,
+        counter: usize,
+    }
+
+    static COUNTERS: [AtomicUsize; 3] = [
+        AtomicUsize::new(0),
+        AtomicUsize::new(0),
+        AtomicUsize::new(0),
+    ];
+
+    impl Exporter for Down {
+        const NAME: &'static str = "down";
+        type Config = DownConfig;
+        fn sending(config: &DownConfig) -> SendingConfig {
+            config.sending.clone()
+        }
+        fn build(config: DownConfig, _: StageContext) -> Result<Self, String> {
+            Ok(Down {
+                delay: Duration::from_millis(config.delay_ms),
+                up: config.up,
+                attempts: &COUNTERS[config.counter],
+            })
+        }
+        fn send(&mut self, _: &[Record]) -> Result<(), SendError> {
+            self.attempts.fetch_add(1, Ordering::SeqCst);
+            std::thread::sleep(self.delay);
+            if self.up {
+                return Ok(());
+            }
+            Err(SendError::Retryable(StageError::new(
+                "target_down",
+                "refused",
+            )))
+        }
+    }
+
+    fn records(n: u64) -> Vec<Record> {
+        (1..=n)
+            .map(|i| {
+                let mut r = Record::new();
+                r.set_origin(i, 0, 0);
+                r
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_batch_that_keeps_failing_fails_with_its_error_once_retries_run_out() {
+        let config = r#"{"delay_ms": 0, "counter": 0, "sending": {"batch_size": 4, "max_delay": "1ms",
+            "retry": {"initial_interval": "1ms", "max_interval": "5ms", "max_elapsed": "60ms"}}}"#;
+        let out = assert_stage_compliance::<Queued<Down>>(config, records(4));
+        let failed: Vec<(u64, &str)> = out.failed.iter().map(|(id, k)| (*id, k.as_str())).collect();
+        assert_eq!(
+            failed,
+            [
+                (1, "target_down"),
+                (2, "target_down"),
+                (3, "target_down"),
+                (4, "target_down")
+            ]
+        );
+        assert!(out.delivered.is_empty());
+        // Retried until `max_elapsed` (waits of at most 5 ms in 60 ms), then given up.
+        assert!(COUNTERS[0].load(Ordering::SeqCst) >= 5, "{:?}", COUNTERS[0]);
+    }
+
+    #[test]
+    fn with_retry_off_a_failed_send_fails_its_records_at_once() {
+        let config = r#"{"delay_ms": 0, "counter": 1, "sending": {"batch_size": 2, "max_delay": "1ms",
+            "retry": {"enabled": false}}}"#;
+        let out = assert_stage_compliance::<Queued<Down>>(config, records(4));
+        assert_eq!(out.failed.len(), 4);
+        assert!(out.failed.iter().all(|(_, kind)| kind == "target_down"));
+        // Two batches of two, each sent once.
+        assert_eq!(COUNTERS[1].load(Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn a_dropped_stage_sends_nothing_more_and_what_it_held_fails_as_unsettled() {
+        let config: DownConfig = serde_json::from_str(
+            r#"{"delay_ms": 100, "up": true, "counter": 2, "sending": {"batch_size": 1, "max_delay": "0s"}}"#,
+        )
+        .unwrap();
+        let mut stage = Queued::<Down>::build(config, StageContext::detached("down")).unwrap();
+        let ack = RecordingAck::default();
+        let handle = FfiAck_TO::from_ptr(RArc::new(ack.clone()), TD_Opaque);
+        let mut batch = Batch::with_ack(
+            RArc::new(records(10).into_iter().collect::<RVec<_>>()),
+            handle,
+        );
+        stage.process(&mut batch).unwrap();
+        drop(batch);
+        // The first send is under way (or about to be): drop the stage now.
+        while COUNTERS[2].load(Ordering::SeqCst) == 0 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        drop(stage);
+        // One batch was being sent, and is delivered; the stage took no other (it would
+        // have sent all ten, one by one) and failed what it still held, each record once.
+        assert_eq!(COUNTERS[2].load(Ordering::SeqCst), 1);
+        assert_eq!(ack.with(|s| s.delivered.clone()), [1]);
+        let mut failed = ack.with(|s| s.failed.clone());
+        failed.sort_unstable();
+        let expected: Vec<(u64, String)> =
+            (2..=10).map(|id| (id, "unsettled".to_owned())).collect();
+        assert_eq!(failed, expected);
     }
 
     #[test]
