@@ -256,8 +256,15 @@ impl RootModule for PluginModRef {
 
 /// The `plugin-api` version a library claims: checked at load (`VERSION_STRINGS`) and
 /// listed from its manifest ([`crate::API_VERSION`]).
-#[cfg(not(any(feature = "__compat_next_minor", feature = "__compat_older_shape")))]
+#[cfg(not(any(
+    feature = "__compat_next_minor",
+    feature = "__compat_older_shape",
+    feature = "__compat_newer_shape"
+)))]
 pub(crate) const VERSION: &str = env!("CARGO_PKG_VERSION");
+/// A fixture built "against a later 0.2.x" claims a later patch than any host of this line.
+#[cfg(all(feature = "__compat_newer_shape", not(feature = "__compat_next_minor")))]
+pub(crate) const VERSION: &str = "0.2.999";
 /// A fixture built "against the next minor" (0.3) claims that version.
 #[cfg(feature = "__compat_next_minor")]
 pub(crate) const VERSION: &str = "0.3.0";

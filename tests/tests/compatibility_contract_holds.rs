@@ -78,7 +78,7 @@ fn plugins_listing(lib: &Path) -> (Vec<Vec<String>>, Vec<String>) {
 /// into a JSON-lines file; checks that each comes out with `shape` set to `shape`, that the
 /// stage's build log line reached the host's log, and that its per-batch counter reached
 /// `/metrics`.
-fn records_pass_through(lib: &Path, stage: &str, shape: &str) {
+fn records_pass_through(lib: &Path, stage: &str, shape: &str) -> String {
     let mut host = Host::start(&format!(
         r#"
 plugins:
@@ -124,6 +124,7 @@ stages:
     assert_eq!(counted, 5.0, "the stage's own counter");
     assert_reconciled(&summary);
     assert_eq!(totals(&summary), (5, 5, 0, 0), "{summary:#}");
+    log
 }
 
 /// Checks that `host plugins --path LIB` lists stage type `stage` from `lib`, built against
@@ -161,8 +162,10 @@ fn a_library_built_before_fields_were_appended_loads_runs_and_logs() {
 #[test]
 fn a_library_built_against_a_later_0_2_loads_and_runs() {
     let lib = isolated_fixture_lib("compat-newer-shape");
-    listed(&lib, "compat-newer", &host_api_version());
-    records_pass_through(&lib, "compat-newer", "newer");
+    listed(&lib, "compat-newer", "0.2.999");
+    let log = records_pass_through(&lib, "compat-newer", "newer");
+    // The library read a callback this host does not have, and found it missing.
+    assert!(log.contains(r#"host_added_later="missing""#), "{log}");
 }
 
 /// A pipeline asking for stage type `stage` of library `lib` alone, written into `dir`.

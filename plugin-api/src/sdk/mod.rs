@@ -168,6 +168,16 @@ impl StageContext {
         }
     }
 
+    /// The host's `added_later` callback, called if the host has it: a fixture built in the
+    /// newer shape reads what an older host lacks, through the accessor that looks at the
+    /// table the host handed over.
+    #[cfg(feature = "__compat_newer_shape")]
+    #[doc(hidden)]
+    pub fn __added_later(&self) -> Option<u64> {
+        let host = self.host?;
+        host.callbacks.added_later().map(|f| f(host.ctx))
+    }
+
     /// The stage's name in the pipeline file.
     pub fn instance(&self) -> &str {
         &self.instance
