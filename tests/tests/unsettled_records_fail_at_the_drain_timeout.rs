@@ -3,6 +3,8 @@
 //! failed with error type `drain_timeout`: never silently lost, never counted as filtered or
 //! delivered. Whether an exporter's sending queue holds them (its target is down), they wait
 //! in the host's queues in front of a slow stage, or they wait for a retry a stage asked for.
+//! And the other side of it: records an exporter holds for a target that works are sent at
+//! the drain (its flush), all delivered, before the timeout.
 
 use std::{
     fs,
@@ -93,6 +95,33 @@ fn records_held_by_a_sending_queue_fail_as_drain_timeout() {
     let summary = stop_promptly(&mut host);
     assert_all_failed_as_drain_timeout(&summary, count);
     assert!(read_lines(&host.path("out.jsonl")).is_empty());
+}
+
+#[test]
+fn records_a_working_target_is_waiting_to_be_sent_go_out_at_the_drain() {
+    // A batch waits up to 30 s to fill: without the drain's flush these 50 records would
+    // still be queued at the 1 s drain timeout.
+    let mut host = Host::start(&pipeline("", "in", "{ max_delay: 30s }", ""));
+    let count = 50;
+    send_json(&host.endpoint, &numbered(count));
+    wait_for_metrics(&host, "every message held by the exporter", |m| {
+        m["pipeline"]["in_flight"] == count && stage(m, "out")["records_deferred"] == count
+    });
+    assert!(read_lines(&host.path("out.jsonl")).is_empty());
+
+    let asked = Instant::now();
+    let summary = host.stop();
+    let log = host.log();
+    assert!(asked.elapsed() < EXIT_WITHIN, "{log}");
+    assert!(!log.contains("drain timeout"), "{log}");
+    assert_reconciled(&summary);
+    assert_eq!(totals(&summary), (count, count, 0, 0), "{summary:#}");
+    assert_eq!(
+        stage(&summary, "out")["records_delivered_later"],
+        count,
+        "{summary:#}"
+    );
+    assert_eq!(read_lines(&host.path("out.jsonl")).len() as u64, count);
 }
 
 #[test]
