@@ -14,9 +14,11 @@
 //! as filtered, unless it turns out to have been still on its way (in a queue, in a call):
 //! when a stage or worker fails it afterwards, it moves to failed, with that same error type.
 //!
-//! Messages in flight are also bounded: a source takes one permit per message before it admits
-//! a batch ([`PipelineCounters::admit`]), and the settlement gives them back, so a stage that
-//! holds records (a dead target behind an exporter) slows ingestion instead of growing memory.
+//! Messages in flight are also bounded, in number and in bytes: a source takes one permit per
+//! message and one per KiB of their payloads before it admits a batch
+//! ([`PipelineCounters::admit`]), and the settlement gives them back, so a stage that holds
+//! records (a dead target behind an exporter) slows ingestion instead of growing memory, with
+//! small messages or large.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -53,6 +55,9 @@ pub struct PipelineCounters {
     failed_by_type: Mutex<BTreeMap<String, u64>>,
     /// One permit per message that may be in flight.
     in_flight: Arc<Semaphore>,
+    /// One permit per KiB of payload that may be in flight; `kib_total` of them.
+    in_flight_kib: Arc<Semaphore>,
+    kib_total: u32,
     /// Lineages not yet settled, by first message id: what a drain timeout settles.
     live: Mutex<HashMap<u64, Weak<Lineage>>>,
     /// When the first batch of messages was admitted (`host bench` times runs from it).
@@ -61,7 +66,7 @@ pub struct PipelineCounters {
 
 impl Default for PipelineCounters {
     fn default() -> Self {
-        PipelineCounters::with_limit(Semaphore::MAX_PERMITS)
+        PipelineCounters::with_limits(Semaphore::MAX_PERMITS, usize::MAX)
     }
 }
 
@@ -78,8 +83,13 @@ pub struct Totals {
 }
 
 impl PipelineCounters {
-    /// Counters allowing at most `max_in_flight` messages in flight.
-    pub fn with_limit(max_in_flight: usize) -> Self {
+    /// Counters allowing at most `max_in_flight` messages in flight, and payloads of
+    /// `max_in_flight_bytes` (counted in whole KiB; a batch larger than that is admitted
+    /// alone).
+    pub fn with_limits(max_in_flight: usize, max_in_flight_bytes: usize) -> Self {
+        let kib_total = u32::try_from((max_in_flight_bytes / 1024).max(1))
+            .unwrap_or(u32::MAX)
+            .min(Semaphore::MAX_PERMITS as u32);
         PipelineCounters {
             received: AtomicU64::new(0),
             completed: AtomicU64::new(0),
@@ -88,6 +98,8 @@ impl PipelineCounters {
             failed_late: AtomicU64::new(0),
             failed_by_type: Mutex::new(BTreeMap::new()),
             in_flight: Arc::new(Semaphore::new(max_in_flight.min(Semaphore::MAX_PERMITS))),
+            in_flight_kib: Arc::new(Semaphore::new(kib_total as usize)),
+            kib_total,
             live: Mutex::new(HashMap::new()),
             first_admitted: OnceLock::new(),
         }
@@ -110,17 +122,31 @@ impl PipelineCounters {
         count_bounded(&mut lock(&self.failed_by_type), error_type, count);
     }
 
-    /// Waits until `count` more messages may be in flight, then admits them as one batch with
-    /// ids `first_id..first_id + count`.
-    pub async fn admit(self: &Arc<Self>, first_id: u64, count: usize) -> Arc<Lineage> {
+    /// Waits until `count` more messages, of `bytes` in all, may be in flight, then admits
+    /// them as one batch with ids `first_id..first_id + count`.
+    pub async fn admit(
+        self: &Arc<Self>,
+        first_id: u64,
+        count: usize,
+        bytes: usize,
+    ) -> Arc<Lineage> {
+        let mut kib = 0;
         if count > 0 {
             let n = u32::try_from(count).unwrap_or(u32::MAX);
-            // The semaphore is never closed, so this cannot fail.
+            // The semaphores are never closed, so these cannot fail.
             if let Ok(permits) = self.in_flight.acquire_many(n).await {
                 permits.forget();
             }
+            kib = u32::try_from(bytes.div_ceil(1024))
+                .unwrap_or(u32::MAX)
+                .min(self.kib_total);
+            if let Ok(permits) = self.in_flight_kib.acquire_many(kib).await {
+                permits.forget();
+            }
         }
-        self.register(Lineage::new(first_id, count, self.clone(), count > 0))
+        let mut lineage = Lineage::new(first_id, count, self.clone(), count > 0);
+        lineage.kib = kib;
+        self.register(lineage)
     }
 
     /// A lineage for records that are not messages (the monitor's window snapshots): counted
@@ -197,6 +223,8 @@ pub struct Lineage {
     forced: OnceLock<Box<str>>,
     /// Whether this batch holds in-flight permits (window records do not).
     bounded: bool,
+    /// The KiB permits it holds for its payloads.
+    kib: u32,
     counters: Arc<PipelineCounters>,
 }
 
@@ -217,6 +245,7 @@ impl Lineage {
             settled: AtomicBool::new(false),
             forced: OnceLock::new(),
             bounded,
+            kib: 0,
             counters,
         }
     }
@@ -348,6 +377,7 @@ impl Lineage {
         c.completed.fetch_add(completed, Relaxed);
         if self.bounded {
             c.in_flight.add_permits(self.count);
+            c.in_flight_kib.add_permits(self.kib as usize);
         }
     }
 }
@@ -523,7 +553,7 @@ mod tests {
     #[tokio::test]
     async fn each_message_settles_once_when_the_last_branch_is_done() {
         let counters = Arc::new(PipelineCounters::default());
-        let lineage = counters.admit(10, 4).await;
+        let lineage = counters.admit(10, 4, 0).await;
         let branch = lineage.clone();
         lineage.delivered(10); // completed in one branch
         branch.delivered(11);
@@ -546,7 +576,7 @@ mod tests {
     #[tokio::test]
     async fn a_whole_batch_delivered_in_any_order_counts_every_message() {
         let counters = Arc::new(PipelineCounters::default());
-        let lineage = counters.admit(1000, 200).await;
+        let lineage = counters.admit(1000, 200, 0).await;
         let mut records: Vec<Record> = (1000..1200).map(record).collect();
         records.swap(3, 150);
         records.remove(7); // id 1007 was filtered
@@ -559,7 +589,7 @@ mod tests {
     #[tokio::test]
     async fn what_is_pending_at_a_drain_timeout_fails_with_its_own_type() {
         let counters = Arc::new(PipelineCounters::default());
-        let lineage = counters.admit(1, 3).await;
+        let lineage = counters.admit(1, 3, 0).await;
         lineage.delivered(1);
         lineage.deferred(2); // held by an exporter that never settles
         lineage.deferred(3);
@@ -581,7 +611,7 @@ mod tests {
     async fn what_was_still_on_its_way_at_a_drain_timeout_fails_when_it_is_failed_later() {
         let counters = Arc::new(PipelineCounters::default());
         // 130 messages: three words of failure marks.
-        let lineage = counters.admit(1, 130).await;
+        let lineage = counters.admit(1, 130, 0).await;
         for id in (2..=130).step_by(2) {
             lineage.delivered(id);
         }
@@ -616,7 +646,7 @@ mod tests {
         for _ in 0..20 {
             let counters = Arc::new(PipelineCounters::default());
             let n = 5_000;
-            let lineage = counters.admit(1, n).await;
+            let lineage = counters.admit(1, n, 0).await;
             let failing = {
                 let lineage = lineage.clone();
                 std::thread::spawn(move || {
@@ -636,11 +666,11 @@ mod tests {
 
     #[tokio::test]
     async fn messages_in_flight_are_bounded_until_they_settle() {
-        let counters = Arc::new(PipelineCounters::with_limit(10));
-        let first = counters.admit(1, 8).await;
+        let counters = Arc::new(PipelineCounters::with_limits(10, usize::MAX));
+        let first = counters.admit(1, 8, 0).await;
         let waiting = {
             let counters = counters.clone();
-            tokio::spawn(async move { counters.admit(9, 8).await })
+            tokio::spawn(async move { counters.admit(9, 8, 0).await })
         };
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         assert!(!waiting.is_finished(), "admitted past the bound");
@@ -651,6 +681,34 @@ mod tests {
             .unwrap();
         drop(second);
         assert_eq!(counters.totals().in_flight, 0);
+    }
+
+    #[tokio::test]
+    async fn bytes_in_flight_are_bounded_until_they_settle_and_a_larger_batch_goes_alone() {
+        // 64 KiB: one batch of 40 KiB leaves no room for another, whatever their count.
+        let counters = Arc::new(PipelineCounters::with_limits(1000, 64 * 1024));
+        let first = counters.admit(1, 2, 40 * 1024).await;
+        let waiting = {
+            let counters = counters.clone();
+            tokio::spawn(async move { counters.admit(3, 2, 40 * 1024).await })
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(!waiting.is_finished(), "admitted past the byte bound");
+        drop(first);
+        let second = tokio::time::timeout(std::time::Duration::from_secs(5), waiting)
+            .await
+            .expect("admitted once the first batch settled")
+            .unwrap();
+        drop(second);
+        // Larger than the bound: admitted once nothing else is in flight, never stuck.
+        let huge = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            counters.admit(5, 1, 1 << 30),
+        )
+        .await
+        .expect("a batch larger than the bound is admitted alone");
+        drop(huge);
+        assert_eq!(counters.in_flight_kib.available_permits(), 64);
     }
 
     #[test]

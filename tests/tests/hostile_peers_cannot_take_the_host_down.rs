@@ -31,7 +31,9 @@ const IO_TIMEOUT: Duration = Duration::from_secs(20);
 
 fn connect(endpoint: &str) -> TcpStream {
     let addr = endpoint.trim_start_matches("tcp://");
-    let s = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    let to: std::net::SocketAddr = addr.parse().expect("an IP address and port");
+    let s = TcpStream::connect_timeout(&to, IO_TIMEOUT)
+        .unwrap_or_else(|e| panic!("connect {addr}: {e}"));
     s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
     s.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
     s

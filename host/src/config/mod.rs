@@ -230,6 +230,10 @@ pub struct RuntimeConfig {
     /// Messages in flight (received and not yet settled) at most; the sources wait beyond.
     #[serde(default = "default_max_in_flight")]
     pub max_in_flight: usize,
+    /// Bytes of those messages' payloads in flight at most (as received, counted in KiB); the
+    /// sources wait beyond. A batch larger than this is admitted alone.
+    #[serde(default = "default_max_in_flight_bytes")]
+    pub max_in_flight_bytes: usize,
     /// At shutdown, how long to wait for records stages hold (exporters sending in the
     /// background) to be settled; what is still unsettled then fails as `drain_timeout`.
     #[serde(default = "default_drain_timeout", with = "humantime_serde")]
@@ -261,6 +265,9 @@ fn default_queue_capacity() -> usize {
 fn default_max_in_flight() -> usize {
     65_536
 }
+fn default_max_in_flight_bytes() -> usize {
+    256 << 20
+}
 fn default_drain_timeout() -> Duration {
     Duration::from_secs(30)
 }
@@ -270,6 +277,7 @@ impl Default for RuntimeConfig {
         RuntimeConfig {
             queue_capacity: default_queue_capacity(),
             max_in_flight: default_max_in_flight(),
+            max_in_flight_bytes: default_max_in_flight_bytes(),
             drain_timeout: default_drain_timeout(),
             fuse: Fuse::default(),
         }
@@ -734,6 +742,12 @@ impl PipelineConfig {
             out.push(self.diagnostic(
                 &["runtime", "queue_capacity"],
                 "`queue_capacity` must be at least 1",
+            ));
+        }
+        if self.runtime.max_in_flight_bytes < 1024 {
+            out.push(self.diagnostic(
+                &["runtime", "max_in_flight_bytes"],
+                "`max_in_flight_bytes` must be at least 1024",
             ));
         }
         for (name, stage) in &self.stages {

@@ -82,6 +82,10 @@ pub struct Messages {
     lineage: Arc<Lineage>,
 }
 
+/// A batch a source gathers is handed on once its payloads reach this many bytes, whatever
+/// its `batch_size`: 512 messages of 1 MiB would otherwise be gathered whole per connection.
+pub const BATCH_BYTES: usize = 4 << 20;
+
 /// Messages being gathered by a source, before they are admitted.
 #[derive(Default)]
 pub struct MessageBuffer {
@@ -124,6 +128,11 @@ impl MessageBuffer {
 
     pub fn len(&self) -> usize {
         self.ends.len()
+    }
+
+    /// The payloads' bytes gathered so far.
+    pub fn bytes(&self) -> usize {
+        self.bytes.len()
     }
 
     pub fn is_empty(&self) -> bool {

@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, watch};
 use super::{
     decode,
     zmtp::{self, ConnectionStats, Endpoint, EndpointError, Limits, Listener, Role, Sink},
-    DecodeError, MessageBuffer,
+    DecodeError, MessageBuffer, BATCH_BYTES,
 };
 use crate::{
     accounting::{add_to_runs, Envelope, Facts, Lineage, PipelineCounters, Queued, DRAIN_TIMEOUT},
@@ -121,6 +121,7 @@ impl ZmqSource {
             // One consumer decodes what it takes; several share what the source decoded.
             decode_here: outputs.len() != 1,
             batch: RVec::new(),
+            batch_bytes: 0,
             buffer: MessageBuffer::default(),
             outputs: outputs.clone(),
             counters: counters.clone(),
@@ -171,6 +172,8 @@ struct BatchSink {
     first_at_ns: u64,
     decode_here: bool,
     batch: RVec<Record>,
+    /// The payload bytes of `batch`'s messages.
+    batch_bytes: usize,
     buffer: MessageBuffer,
     outputs: Arc<[mpsc::Sender<Queued>]>,
     counters: Arc<PipelineCounters>,
@@ -193,6 +196,7 @@ impl Sink for BatchSink {
         if self.batch.capacity() == 0 {
             self.batch.reserve(self.batch_size.min(64));
         }
+        self.batch_bytes += payload.len();
         // The id is set when the batch is admitted.
         match decode(payload, self.decode, self.max_bytes, 0, received_at_ns) {
             Ok(record) => {
@@ -208,6 +212,7 @@ impl Sink for BatchSink {
 
     fn full(&self) -> bool {
         self.batch.len() + self.buffer.len() >= self.batch_size
+            || self.batch_bytes + self.buffer.bytes() >= BATCH_BYTES
     }
 
     fn linger(&self) -> Option<Duration> {
@@ -222,9 +227,9 @@ impl Sink for BatchSink {
         self.first_at_ns = 0;
         if !self.buffer.is_empty() {
             let buffer = self.buffer.take();
-            let n = buffer.len();
+            let (n, bytes) = (buffer.len(), buffer.bytes());
             let Some((first_id, lineage)) =
-                admit(n, &self.counters, &self.next_id, &mut self.give_up).await
+                admit(n, bytes, &self.counters, &self.next_id, &mut self.give_up).await
             else {
                 return;
             };
@@ -238,8 +243,10 @@ impl Sink for BatchSink {
         }
         if !self.batch.is_empty() {
             let records = std::mem::take(&mut self.batch);
+            let bytes = std::mem::take(&mut self.batch_bytes);
             send_batch(
                 records,
+                bytes,
                 &self.outputs,
                 &self.counters,
                 &self.next_id,
@@ -255,13 +262,14 @@ impl Sink for BatchSink {
 /// drain timeout), they fail as `drain_timeout`, received and counted, not lost: `None`.
 async fn admit(
     n: usize,
+    bytes: usize,
     counters: &Arc<PipelineCounters>,
     next_id: &AtomicU64,
     give_up: &mut watch::Receiver<bool>,
 ) -> Option<(u64, Arc<Lineage>)> {
     let first_id = next_id.fetch_add(n as u64, Relaxed);
     tokio::select! {
-        lineage = counters.admit(first_id, n) => Some((first_id, lineage)),
+        lineage = counters.admit(first_id, n, bytes) => Some((first_id, lineage)),
         () = gave_up(give_up) => {
             counters.reject(DRAIN_TIMEOUT, n as u64);
             None
@@ -294,12 +302,14 @@ async fn send(
 /// Admits a batch of records (see [`admit`]) and sends it to every consumer, shared.
 async fn send_batch(
     mut records: RVec<Record>,
+    bytes: usize,
     outputs: &[mpsc::Sender<Queued>],
     counters: &Arc<PipelineCounters>,
     next_id: &AtomicU64,
     give_up: &mut watch::Receiver<bool>,
 ) {
-    let Some((first_id, lineage)) = admit(records.len(), counters, next_id, give_up).await else {
+    let Some((first_id, lineage)) = admit(records.len(), bytes, counters, next_id, give_up).await
+    else {
         return;
     };
     // What every consumer would otherwise read off each record: ids and receive times.

@@ -412,7 +412,7 @@ mod tests {
     #[test]
     fn monitor_families_are_exported_with_prometheus_names_units_labels_and_values() {
         let stats = Arc::new(StageStats::new("parse", "rules", StageKind::Processor));
-        let pipeline = Arc::new(PipelineCounters::with_limit(100));
+        let pipeline = Arc::new(PipelineCounters::with_limits(100, usize::MAX));
         let monitor = Arc::new(Monitor::new(
             "direct",
             pipeline.clone(),

@@ -230,7 +230,10 @@ pub fn build_topology(cfg: PipelineConfig, registry: &Registry) -> Result<Topolo
         }
         _ => None,
     };
-    let counters = Arc::new(PipelineCounters::with_limit(cfg.runtime.max_in_flight));
+    let counters = Arc::new(PipelineCounters::with_limits(
+        cfg.runtime.max_in_flight,
+        cfg.runtime.max_in_flight_bytes,
+    ));
     let monitor = Arc::new(Monitor::new(
         cfg.monitoring.mode.as_str(),
         counters,
