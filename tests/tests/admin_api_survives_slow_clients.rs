@@ -270,11 +270,15 @@ fn half_sent_requests_do_not_hold_the_api_or_the_ingest_port() {
     send_json(&host.endpoint, &messages);
     wait_for_lines(&host.path("out.jsonl"), messages.len());
 
-    let (live, _) = get_when_answered(&address, "/health/live", Duration::from_secs(15))
-        .filter(|_| opened.elapsed() < Duration::from_secs(15))
+    // The held connections time out after header_timeout (2 s) and free their slots; the
+    // probe answers then, with room for a busy machine (not a speed: without the timeout
+    // it would never answer).
+    let within = Duration::from_secs(8);
+    let (live, _) = get_when_answered(&address, "/health/live", within)
+        .filter(|_| opened.elapsed() < within)
         .unwrap_or_else(|| {
             panic!(
-                "/health/live did not answer within 15 s of 300 half-sent requests; the log:\n{}",
+                "/health/live did not answer within {within:?} of 300 half-sent requests; the log:\n{}",
                 host.log()
             )
         });
