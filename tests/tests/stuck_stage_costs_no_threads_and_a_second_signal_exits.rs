@@ -1,6 +1,7 @@
 //! A stage stuck in a call (an exporter writing to a FIFO that nobody reads) is reported
 //! unhealthy from its worker's in-call mark, without a thread per health round, and a second
-//! SIGTERM ends the process at once with status 1 while the first one's drain waits on it.
+//! signal (a SIGINT after the SIGTERM) ends the process at once with status 1 while the first
+//! one's drain waits on it.
 
 use std::{
     ffi::CString,
@@ -64,7 +65,8 @@ monitoring:
         "threads grew from {threads} to {after} while the stage was stuck"
     );
 
-    // The first SIGTERM drains, which waits on the stuck stage; the second ends it now.
+    // The first SIGTERM drains, which waits on the stuck stage; the second signal ends it
+    // now. It is a SIGINT here (Ctrl-C after a `kill`): either counts, both go one way.
     host.signal(libc::SIGTERM);
     host.wait_for_log("stopping: draining", Duration::from_secs(10));
     std::thread::sleep(Duration::from_millis(500));
@@ -73,11 +75,11 @@ monitoring:
         "the drain cannot finish while the stage is stuck"
     );
     let second = Instant::now();
-    host.signal(libc::SIGTERM);
+    host.signal(libc::SIGINT);
     let ended = wait_until(Duration::from_secs(5), || !host.is_running());
     assert!(
         ended,
-        "still running 5 s after a second SIGTERM:\n{}",
+        "still running 5 s after a second signal (SIGINT):\n{}",
         host.log()
     );
     let status = host.exit_status().unwrap();
