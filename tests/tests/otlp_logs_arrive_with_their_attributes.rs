@@ -3,7 +3,9 @@
 //! record's fields as attributes (nested maps and lists included, values of the right
 //! types), the configured body, severity and timestamp, the trace context of the message's
 //! `traceparent` as the log's trace and span ids, the configured resource, and a header
-//! whose value came from the environment.
+//! whose value came from the environment. Every request is gzip-compressed by default
+//! (`grpc-encoding: gzip`, `content-encoding: gzip`) and not at all with `compression: none`,
+//! and none holds more than `sending.batch_size` records.
 
 use tests::{
     any_to_json, assert_reconciled, attributes_json, json, send_json, totals, wait_until, Host,
@@ -11,9 +13,12 @@ use tests::{
 };
 
 const N: u64 = 60;
+const BATCH_SIZE: usize = 16;
 const TOKEN: &str = "s3cret-token";
 
-fn pipeline(receiver: &OtlpReceiver) -> String {
+/// `compression:` as configured; `None`: the key left out (the default, gzip).
+fn pipeline(receiver: &OtlpReceiver, compression: Option<&str>) -> String {
+    let compression = compression.map_or(String::new(), |c| format!("compression: {c}"));
     format!(
         r#"
 plugins:
@@ -32,7 +37,8 @@ stages:
       severity_field: level
       timestamp_field: ts
       resource: {{ service.name: checkout, replica: 3 }}
-      sending: {{ batch_size: 16, max_delay: 50ms }}
+      sending: {{ batch_size: {BATCH_SIZE}, max_delay: 50ms }}
+      {compression}
 "#,
         endpoint = receiver.endpoint(),
         protocol = receiver.protocol.name(),
@@ -61,9 +67,11 @@ fn message(i: u64) -> Value {
     m
 }
 
-fn logs_arrive(protocol: OtlpProtocol) {
+/// `compression`: as [`pipeline`] takes it; `encoding`: the compression every request must
+/// say it carries (`None`: none).
+fn logs_arrive(protocol: OtlpProtocol, compression: Option<&str>, encoding: Option<&str>) {
     let receiver = OtlpReceiver::start(protocol);
-    let mut host = Host::start_with(&pipeline(&receiver), |cmd| {
+    let mut host = Host::start_with(&pipeline(&receiver, compression), |cmd| {
         cmd.env("OTLP_TEST_TOKEN", TOKEN);
     });
     let messages: Vec<Value> = (0..N).map(message).collect();
@@ -92,6 +100,24 @@ fn logs_arrive(protocol: OtlpProtocol) {
         Some(format!("Bearer {TOKEN}").as_str()),
         "{:?}",
         received.last_headers
+    );
+    assert!(
+        received
+            .seen
+            .iter()
+            .all(|s| s.encoding.as_deref() == encoding),
+        "every request's encoding is {encoding:?}: {:?}",
+        received.seen
+    );
+    assert!(
+        received.seen.iter().all(|s| s.items <= BATCH_SIZE),
+        "no request holds more than batch_size records: {:?}",
+        received.seen
+    );
+    assert!(
+        received.seen.len() as u64 >= N.div_ceil(BATCH_SIZE as u64),
+        "{:?}",
+        received.seen
     );
     for request in &received.logs {
         let resource = request.resource_logs[0]
@@ -158,10 +184,20 @@ fn hex(bytes: &[u8]) -> String {
 
 #[test]
 fn logs_arrive_over_grpc() {
-    logs_arrive(OtlpProtocol::Grpc);
+    logs_arrive(OtlpProtocol::Grpc, None, Some("gzip"));
 }
 
 #[test]
 fn logs_arrive_over_http() {
-    logs_arrive(OtlpProtocol::Http);
+    logs_arrive(OtlpProtocol::Http, None, Some("gzip"));
+}
+
+#[test]
+fn uncompressed_logs_arrive_over_grpc() {
+    logs_arrive(OtlpProtocol::Grpc, Some("none"), None);
+}
+
+#[test]
+fn uncompressed_logs_arrive_over_http() {
+    logs_arrive(OtlpProtocol::Http, Some("none"), None);
 }
