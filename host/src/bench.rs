@@ -292,10 +292,15 @@ async fn pipeline(
     let latency = running.monitor.end_to_end();
     let snapshot = running.shutdown().await;
     let times = times?;
-    if snapshot.pipeline.received != count {
+    let p = &snapshot.pipeline;
+    if p.received != count {
+        bail!("the pipeline received {} of {count} messages", p.received);
+    }
+    // A figure from a run that lost or double-counted messages would measure something else.
+    if p.completed + p.filtered + p.failed != p.received || p.in_flight != 0 {
         bail!(
-            "the pipeline received {} of {count} messages",
-            snapshot.pipeline.received
+            "the run's accounting does not reconcile: received {}, completed {}, filtered {}, failed {}, in flight {}",
+            p.received, p.completed, p.filtered, p.failed, p.in_flight
         );
     }
     Ok((run_of(count, times), latency))
@@ -386,7 +391,7 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<()> {
         }
         // About a second of traffic at the offered rate.
         let cfg = load(&opts.pipeline, MonitoringMode::Direct)?;
-        let paced = opts.latency_rate.max(1000);
+        let paced = opts.latency_rate;
         let (run, latency) = pipeline(cfg, paced, Some(paced)).await?;
         latencies.push((run, latency));
         if has_fused {

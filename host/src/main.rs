@@ -90,12 +90,13 @@ enum Command {
         /// Rounds; the table shows each variant's median.
         #[arg(long, default_value_t = 3)]
         rounds: usize,
-        /// Messages per second offered to the pipeline for the latency measurement.
-        #[arg(long, default_value_t = 400_000)]
+        /// Messages per second offered to the pipeline for the latency measurement (at least
+        /// 1000).
+        #[arg(long, default_value_t = 400_000, value_parser = clap::value_parser!(u64).range(1000..))]
         latency_rate: u64,
-        /// Exporters in the fan-out measurement (against one).
-        #[arg(long, default_value_t = 8)]
-        fanout: usize,
+        /// Exporters in the fan-out measurement (against one; at least 2).
+        #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(2..256))]
+        fanout: u64,
     },
 }
 
@@ -210,7 +211,7 @@ fn run_on(runtime: &tokio::runtime::Runtime, cli: Cli) -> anyhow::Result<ExitCod
                 modes: modes.into_iter().map(Into::into).collect(),
                 rounds: rounds.max(1),
                 latency_rate,
-                fanout: fanout.max(2),
+                fanout: fanout as usize,
             };
             runtime.block_on(bench::run(opts))?;
             Ok(ExitCode::SUCCESS)

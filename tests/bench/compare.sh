@@ -100,6 +100,8 @@ for f in "$HOST_BIN" "$PLUGIN_DIR/libplugin_rules.so" "$PLUGIN_DIR/libplugin_jso
 done
 
 CLK_TCK=$(getconf CLK_TCK)
+# The goal names rsyslog 8.2302 (Debian 12's): say which one ran.
+RSYSLOG_VERSION=$("$RSYSLOGD" -v 2>/dev/null | head -n1 || true)
 CPU_MODEL=$(lscpu 2>/dev/null | sed -n 's/^Model name:[[:space:]]*//p' | head -n1)
 [[ -n $CPU_MODEL ]] || CPU_MODEL=$(sed -n 's/^model name[[:space:]]*:[[:space:]]*//p' /proc/cpuinfo | head -n1)
 
@@ -476,6 +478,7 @@ rs_cpu=$(median rsyslog 3)
 
 {
     echo "CPU: $CPU_MODEL ($(nproc) CPUs)"
+    echo "rsyslog: ${RSYSLOG_VERSION:-unknown}"
     echo "$COUNT messages per run ($(kept "$COUNT") kept after the drop), $ROUNDS rounds, medians;"
     echo "rate: from the sender's start until the receiver has everything (one libzmq PUSH"
     echo "sender sharing the machine with the receiver: a rate can exceed neither what the"
