@@ -1,7 +1,7 @@
 //! `monitoring.otlp.traces`: every stage call (all of them at `sample_ratio: 1`) becomes a span
 //! at a real OTLP receiver, over gRPC and over HTTP, with the stage, the records in and out,
 //! the outcome and the error type; the spans' record counts add up to what the monitor counted,
-//! at `sample_ratio: 0` there are none. A message that carried a `traceparent` gets a span in
+//! at `sample_ratio: 0` there are none, at `0.5` about half. A message that carried a `traceparent` gets a span in
 //! its trace per stage (a child of the span it named, linked both ways with the call's span,
 //! failed when the stage failed it), and the events on the Redis bus and the JSON log lines
 //! written during a traced call carry the call's trace id.
@@ -181,6 +181,43 @@ fn no_call_is_traced_at_ratio_zero() {
         .metrics
         .is_empty()));
     assert!(receiver.received().spans().is_empty());
+}
+
+#[test]
+fn at_ratio_one_half_about_half_the_calls_are_traced() {
+    let receiver = OtlpReceiver::start(OtlpProtocol::Grpc);
+    // One message per batch: a call per message and stage, each sampled by its own trace id.
+    let config = pipeline(&receiver, 0.5).replace(
+        r#"bind: "{{endpoint}}" }"#,
+        r#"bind: "{{endpoint}}", batch_size: 1 }"#,
+    );
+    assert!(config.contains("batch_size: 1"), "{config}");
+    let mut host = Host::start(&config);
+    send_json(&host.endpoint, &messages());
+    host.wait_settled(N);
+    let summary = host.stop();
+    let made: u64 = ["check", "out"]
+        .iter()
+        .map(|s| tests::stage(&summary, s)["calls"].as_u64().expect("calls"))
+        .sum();
+    assert!(wait_until(Duration::from_secs(5), || !receiver
+        .received()
+        .metrics
+        .is_empty()));
+    let traced = calls(&receiver).len() as u64;
+    println!("{traced} of {made} calls traced at sample_ratio 0.5");
+    // Binomial: half of `made`, give or take; these bounds are 6.6 standard deviations out
+    // (4.9 if a message's two calls share one trace), and exclude both none and every call.
+    // `check` is called once per message; `out` once per message `check` did not fail.
+    assert_eq!(
+        made,
+        N + N * 3 / 4,
+        "calls for {N} messages in batches of 1"
+    );
+    assert!(
+        traced > made / 10 && traced < made - made / 10,
+        "{traced} of {made} calls traced at sample_ratio 0.5"
+    );
 }
 
 #[test]
