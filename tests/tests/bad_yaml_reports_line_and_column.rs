@@ -252,22 +252,122 @@ fn names_outside_the_documented_set_are_located() {
     );
 }
 
+/// Writes `yaml` (with `{{plugins}}` filled in) and checks that `validate` finds it valid,
+/// with `stages` stages. The command's time limit is the only clock: a validation that took
+/// time or memory out of proportion to the file would be killed at it, or end by a signal.
+fn assert_valid(name: &str, yaml: &str, stages: usize) {
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = yaml.replace("{{plugins}}", &tests::plugin_dir().display().to_string());
+    let file = dir.path().join(format!("{name}.yaml"));
+    std::fs::write(&file, &yaml).unwrap();
+    let out = validate(&file);
+    assert_eq!(out.code(), 0, "{name}: {out:#?}");
+    assert_eq!(
+        out.stdout.trim_end(),
+        format!("{}: ok (1 sources, {stages} stages)", file.display()),
+        "{name}"
+    );
+}
+
+/// A pipeline whose `rules` stage `p` sets the fields written in `set` (indented by 8).
+fn with_set(set: &str) -> String {
+    format!("{HEAD}  p:\n    plugin: rules\n    inputs: [in]\n    config:\n      set:\n{set}  out: {{ plugin: null, inputs: [p] }}\n")
+}
+
 /// Validation takes time in proportion to the file: a `set` of 400,000 keys (about 12 MB)
 /// validates well within the command time limit (a check of each key against the keys
 /// before it made 80,000 keys take 13 s, and would make these take minutes).
 #[test]
 fn a_large_config_validates_in_linear_time() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut yaml = HEAD.replace("{{plugins}}", &tests::plugin_dir().display().to_string());
-    yaml.push_str("  p:\n    plugin: rules\n    inputs: [in]\n    config:\n      set:\n");
+    let mut set = String::new();
     for i in 0..400_000 {
-        yaml.push_str(&format!("        key{i}: value{i}\n"));
+        set.push_str(&format!("        key{i}: value{i}\n"));
     }
-    yaml.push_str("  out: { plugin: null, inputs: [p] }\n");
-    let file = dir.path().join("large.yaml");
-    std::fs::write(&file, &yaml).unwrap();
-    let out = validate(&file);
-    assert_eq!(out.code(), 0, "{out:#?}");
+    assert_valid("large", &with_set(&set), 2);
+}
+
+/// Keys of 1,000 characters nested 100 deep, above a map of 200,000 keys (3 MB): each key is
+/// indexed once, not with the path of keys above it (which cost 100 kB per key here: 54 s
+/// and 22 GB).
+#[test]
+fn long_keys_nested_deep_validate_in_linear_time() {
+    let depth = 100;
+    let mut set = String::new();
+    for level in 0..depth {
+        let key = format!("{level:<1000}").replace(' ', "k");
+        set.push_str(&format!("{:indent$}{key}:\n", "", indent = 8 + 2 * level));
+    }
+    let children: Vec<String> = (0..200_000).map(|i| format!("c{i}: {i}")).collect();
+    set.truncate(set.len() - 1);
+    set.push_str(&format!(" {{ {} }}\n", children.join(", ")));
+    assert_valid("deep_long_keys", &with_set(&set), 2);
+}
+
+/// One key of 1 MB (written as an explicit `? ` key, which has no length limit) above
+/// 100,000 keys: stored once, not once per key below it (100 GB).
+#[test]
+fn a_long_key_above_many_keys_validates_in_linear_time() {
+    let mut set = format!("        ? {}\n        :\n", "k".repeat(1 << 20));
+    for i in 0..100_000 {
+        set.push_str(&format!("          c{i}: {i}\n"));
+    }
+    assert_valid("long_key", &with_set(&set), 2);
+}
+
+/// Nesting deeper than 128 levels (counted from the top of the file) is refused, at the first
+/// level too deep, before anything walks it.
+#[test]
+fn nesting_past_128_levels_is_located() {
+    let mut set = String::new();
+    for level in 0..200 {
+        set.push_str(&format!(
+            "{:indent$}n{level}:\n",
+            "",
+            indent = 8 + 2 * level
+        ));
+    }
+    set.push_str(&format!("{:indent$}leaf: 1\n", "", indent = 8 + 2 * 200));
+    // The top map, `stages`, stage `p`, its `config` and `set` are the first five levels.
+    check(
+        "too_deep",
+        &with_set(&set),
+        "n124:",
+        "recursion limit exceeded",
+    );
+}
+
+/// 150,000 stages (7.6 MB), each taking the next one's output: walked for cycles with a stack
+/// of the host's own (a call per stage overflowed the host's stack at 100,000). Closed into
+/// a ring, the cycle is reported at the stage whose input closes it.
+#[test]
+fn a_long_chain_of_stages_validates_and_its_cycle_is_located() {
+    let n = 150_000;
+    let chain = |last_input: &str| {
+        let mut yaml = HEAD.to_owned();
+        for i in 0..n - 1 {
+            yaml.push_str(&format!(
+                "  s{i}: {{ plugin: passthrough, inputs: [s{}] }}\n",
+                i + 1
+            ));
+        }
+        yaml.push_str(&format!(
+            "  s{}: {{ plugin: passthrough, inputs: [{last_input}] }}\n",
+            n - 1
+        ));
+        yaml
+    };
+    assert_valid("chain", &chain("in"), n);
+    check(
+        "ring",
+        &chain("in, s0"),
+        "inputs: [in, s0]",
+        &format!(
+            "stages form a cycle: s{} -> s{} -> s{} -> ",
+            n - 1,
+            n - 2,
+            n - 3
+        ),
+    );
 }
 
 /// A file past the size limit (16 MiB) is refused before it is parsed; so is one that never

@@ -220,6 +220,67 @@ fn a_file_that_is_not_elf_or_is_corrupt_is_refused() {
     assert_pipeline_refuses(&file, &random, "not an ELF file");
 }
 
+/// The little-endian number of `n` bytes at `at`.
+fn le(bytes: &[u8], at: usize, n: usize) -> usize {
+    let mut word = [0u8; 8];
+    word[..n].copy_from_slice(&bytes[at..at + n]);
+    usize::try_from(u64::from_le_bytes(word)).unwrap()
+}
+
+/// Sets the value of the first entry `tag` of the dynamic section of `lib`, a 64-bit
+/// little-endian ELF file, to `value`. By hand: the ELF header gives the program headers
+/// (`e_phoff` at 32, `e_phentsize` at 54, `e_phnum` at 56); the one of type `PT_DYNAMIC` (2)
+/// gives the section (`p_offset` at 8, `p_filesz` at 32), entries of 16 bytes: tag, value.
+fn patch_dynamic(lib: &Path, tag: usize, value: u64) {
+    let mut bytes = fs::read(lib).unwrap();
+    assert!(
+        bytes.starts_with(b"\x7fELF\x02\x01"),
+        "{}: a 64-bit little-endian ELF file expected",
+        lib.display()
+    );
+    let (phoff, phentsize, phnum) = (le(&bytes, 32, 8), le(&bytes, 54, 2), le(&bytes, 56, 2));
+    let dynamic = (0..phnum)
+        .map(|i| phoff + i * phentsize)
+        .find(|&header| le(&bytes, header, 4) == 2)
+        .expect("a PT_DYNAMIC program header");
+    let (start, len) = (le(&bytes, dynamic + 8, 8), le(&bytes, dynamic + 32, 8));
+    let entry = (start..start + len)
+        .step_by(16)
+        .find(|&entry| le(&bytes, entry, 8) == tag)
+        .unwrap_or_else(|| panic!("no dynamic entry {tag}"));
+    bytes[entry + 8..entry + 16].copy_from_slice(&value.to_le_bytes());
+    fs::write(lib, bytes).unwrap();
+}
+
+/// The dynamic section is inside the file, but a table it points to is not: the dynamic
+/// loader would read there as it loads the library (before this check, the host died of a
+/// SIGSEGV inside `dlopen`).
+#[test]
+fn a_plugin_whose_dynamic_section_points_outside_it_is_refused_not_a_crash() {
+    let dir = private_dir();
+    for (tag, name) in [(5, "DT_STRTAB"), (6, "DT_SYMTAB")] {
+        let lib = copy(&jsonl_lib(), dir.path(), &format!("libplugin_{tag}.so"));
+        patch_dynamic(&lib, tag, 0x7fff_0000_0000);
+
+        let out = plugins(&[&lib]);
+        assert_refused(
+            &out,
+            &lib,
+            &format!(
+                "not a library this host can load: corrupt: {name} (addresses 0x7fff00000000.."
+            ),
+        );
+        assert!(
+            refused(&out)[0].ends_with(") is not in the bytes the file loads"),
+            "{out:#?}"
+        );
+        assert_eq!(library_of(&out, "jsonl"), None, "{out:#?}");
+
+        let file = pipeline(dir.path(), &format!("[\"{}\"]", lib.display()), false);
+        assert_pipeline_refuses(&file, &lib, &format!("corrupt: {name} (addresses "));
+    }
+}
+
 #[test]
 fn a_plugin_in_a_directory_others_can_write_is_refused_unless_allowed() {
     let root = private_dir();

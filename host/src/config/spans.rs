@@ -1,125 +1,203 @@
 //! Where each key of the pipeline file is: serde_yaml reports positions for the errors it
 //! finds itself, but not for the checks that come after parsing (an input that does not
 //! exist, a cycle, a plugin that rejects its config). This index answers those.
+//!
+//! It costs time and memory in proportion to the file, whatever its shape: each key and
+//! sequence item is one node, stored as its parent node and its own key, never as the whole
+//! path down to it (a path per key made one long key above many others, or long keys nested
+//! deep, cost the product of the two). The events are read in a loop with a stack of our
+//! own, so deep nesting costs no native stack either.
 
-use std::collections::HashMap;
-
+use indexmap::{Equivalent, IndexMap};
 use yaml_rust2::{
-    parser::{Event, MarkedEventReceiver, Parser},
+    parser::{Event, Parser},
     scanner::Marker,
 };
 
 /// Line and column (both 1-based) of every map key and sequence item, by path.
 #[derive(Debug, Default, Clone)]
 pub struct Spans {
-    positions: HashMap<String, (usize, usize)>,
+    /// Every key and sequence item -> its position. A node's index in this map is its id,
+    /// which its children name as their parent.
+    nodes: IndexMap<Node, (usize, usize)>,
 }
 
-const SEP: char = '\u{1f}';
+/// The parent of the document's top-level keys.
+const ROOT: usize = usize::MAX;
 
-fn join(path: &[&str]) -> String {
-    path.join(&SEP.to_string())
+/// A key, or a sequence item (its index in decimal), under its parent node. The key is boxed
+/// to its length: the parser's strings keep spare capacity (a fifth more at peak, for a large
+/// map of short keys).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Node {
+    parent: usize,
+    key: Box<str>,
+}
+
+/// A [`Node`] to look up, borrowing its key. It hashes as `Node` does: the same fields, in
+/// the same order.
+#[derive(Hash)]
+struct NodeRef<'a> {
+    parent: usize,
+    key: &'a str,
+}
+
+impl Equivalent<Node> for NodeRef<'_> {
+    fn equivalent(&self, node: &Node) -> bool {
+        self.parent == node.parent && self.key == &*node.key
+    }
 }
 
 impl Spans {
-    /// Indexes `text`. A text that does not parse yields an empty index: serde_yaml reports
-    /// the syntax error with its own position.
+    /// Indexes `text`, the first document in it. A text that does not parse yields what was
+    /// indexed before the error: serde_yaml reports the syntax error with its own position.
     pub fn index(text: &str) -> Spans {
         let mut builder = Builder::default();
-        let _ = Parser::new_from_str(text).load(&mut builder, false);
+        let mut parser = Parser::new_from_str(text);
+        // Not `Parser::load`: it recurses once per level of nesting.
+        while let Ok((event, mark)) = parser.next_token() {
+            if matches!(event, Event::DocumentEnd | Event::StreamEnd) {
+                break;
+            }
+            builder.on_event(event, mark);
+        }
         Spans {
-            positions: builder.positions,
+            nodes: builder.nodes,
         }
     }
 
     /// The position of the key (or sequence item) at `path`, e.g. `["stages", "export", "inputs", "0"]`.
     pub fn get(&self, path: &[&str]) -> Option<(usize, usize)> {
-        self.positions.get(&join(path)).copied()
+        match self.walk(path) {
+            (found, position) if found == path.len() => position,
+            _ => None,
+        }
     }
 
     /// The position of `path`, or of its nearest ancestor that has one.
     pub fn nearest(&self, path: &[&str]) -> Option<(usize, usize)> {
-        (1..=path.len()).rev().find_map(|n| self.get(&path[..n]))
+        self.walk(path).1
+    }
+
+    /// How many of `path`'s keys lead from the top to a node, and the position of the last
+    /// node reached.
+    fn walk(&self, path: &[&str]) -> (usize, Option<(usize, usize)>) {
+        let mut parent = ROOT;
+        let mut position = None;
+        for (depth, key) in path.iter().enumerate() {
+            match self.nodes.get_full(&NodeRef { parent, key }) {
+                Some((id, _, at)) => {
+                    parent = id;
+                    position = Some(*at);
+                }
+                None => return (depth, position),
+            }
+        }
+        (path.len(), position)
     }
 }
 
-enum Frame {
-    Map { key: Option<String> },
-    Seq { index: usize },
+/// A collection being read.
+struct Frame {
+    /// The collection's own node (the key or item it is the value of); `None` inside a
+    /// complex key (`? [a, b]`) or its value, which no path of names can reach.
+    node: Option<usize>,
+    next: Next,
+}
+
+/// What the next node in a collection is.
+enum Next {
+    /// An item of a sequence, with this index.
+    Item(usize),
+    /// A key of a map.
+    Key,
+    /// The value of the key read last, whose node this is.
+    Value(Option<usize>),
 }
 
 #[derive(Default)]
 struct Builder {
     stack: Vec<Frame>,
-    /// The path of the node being built (keys and indexes of the frames above).
-    path: Vec<String>,
-    positions: HashMap<String, (usize, usize)>,
+    nodes: IndexMap<Node, (usize, usize)>,
 }
 
 impl Builder {
-    /// Called before a node (scalar or collection) that is a value, not a key.
-    fn enter_value(&mut self, mark: Marker) {
-        match self.stack.last_mut() {
-            Some(Frame::Seq { index }) => {
-                self.path.push(index.to_string());
-                *index += 1;
-                let key = self.path.join(&SEP.to_string());
-                self.positions
-                    .entry(key)
-                    .or_insert((mark.line(), mark.col() + 1));
-            }
-            Some(Frame::Map { key }) => {
-                self.path.push(key.take().unwrap_or_default());
-            }
-            None => {}
-        }
-    }
-
-    /// Called after a value node is complete.
-    fn leave_value(&mut self) {
-        if !self.stack.is_empty() {
-            self.path.pop();
-        }
-    }
-}
-
-impl MarkedEventReceiver for Builder {
-    fn on_event(&mut self, ev: Event, mark: Marker) {
-        match ev {
+    fn on_event(&mut self, event: Event, mark: Marker) {
+        let position = (mark.line(), mark.col() + 1);
+        match event {
             Event::Scalar(value, ..) => {
-                if let Some(Frame::Map { key }) = self.stack.last_mut() {
-                    if key.is_none() {
-                        let mut full = self.path.clone();
-                        full.push(value.clone());
-                        self.positions
-                            .entry(full.join(&SEP.to_string()))
-                            .or_insert((mark.line(), mark.col() + 1));
-                        *key = Some(value);
-                        return;
-                    }
-                }
-                self.enter_value(mark);
-                self.leave_value();
+                self.place(Some(value), position);
             }
             Event::Alias(_) => {
-                self.enter_value(mark);
-                self.leave_value();
+                self.place(None, position);
             }
             Event::MappingStart(..) => {
-                self.enter_value(mark);
-                self.stack.push(Frame::Map { key: None });
+                let node = self.place(None, position);
+                self.stack.push(Frame {
+                    node,
+                    next: Next::Key,
+                });
             }
             Event::SequenceStart(..) => {
-                self.enter_value(mark);
-                self.stack.push(Frame::Seq { index: 0 });
+                let node = self.place(None, position);
+                self.stack.push(Frame {
+                    node,
+                    next: Next::Item(0),
+                });
             }
             Event::MappingEnd | Event::SequenceEnd => {
                 self.stack.pop();
-                self.leave_value();
             }
             _ => {}
         }
     }
+
+    /// Places a node that starts at `position` (`scalar` is its text if it is a scalar) in
+    /// the collection being read. Returns the node that a collection starting here is the
+    /// value of, if a path can reach it.
+    fn place(&mut self, scalar: Option<String>, position: (usize, usize)) -> Option<usize> {
+        let Some(frame) = self.stack.last_mut() else {
+            return Some(ROOT);
+        };
+        match frame.next {
+            Next::Item(index) => {
+                frame.next = Next::Item(index + 1);
+                let parent = frame.node?;
+                Some(add(&mut self.nodes, parent, index.to_string(), position))
+            }
+            Next::Key => {
+                // A scalar names its value. A collection or an alias as a key is a complex
+                // key: neither it nor its value has a name to find them by.
+                let key = frame
+                    .node
+                    .zip(scalar)
+                    .map(|(parent, key)| add(&mut self.nodes, parent, key, position));
+                frame.next = Next::Value(key);
+                None
+            }
+            Next::Value(node) => {
+                frame.next = Next::Key;
+                node
+            }
+        }
+    }
+}
+
+/// The node `key` under `parent`, added at `position` if it is new (a key written twice
+/// keeps its first position).
+fn add(
+    nodes: &mut IndexMap<Node, (usize, usize)>,
+    parent: usize,
+    key: String,
+    position: (usize, usize),
+) -> usize {
+    let entry = nodes.entry(Node {
+        parent,
+        key: key.into_boxed_str(),
+    });
+    let id = entry.index();
+    entry.or_insert(position);
+    id
 }
 
 #[cfg(test)]
@@ -140,5 +218,61 @@ mod tests {
             Some((8, 11))
         );
         assert_eq!(s.nearest(&["stages", "p", "plugin"]), Some((4, 3)));
+        assert_eq!(s.get(&["stages", "p", "plugin"]), None);
+        assert_eq!(s.nearest(&["nope", "p"]), None);
+    }
+
+    #[test]
+    fn a_key_written_twice_keeps_its_first_position() {
+        let s = Spans::index("a:\n  x: 1\na:\n  y: 2\n");
+        assert_eq!(s.get(&["a"]), Some((1, 1)));
+        assert_eq!(s.get(&["a", "x"]), Some((2, 3)));
+        assert_eq!(s.get(&["a", "y"]), Some((4, 3)));
+    }
+
+    #[test]
+    fn keys_after_a_complex_key_keep_their_places() {
+        let s = Spans::index("k: &x v\n? [a, b]\n: { c: 1 }\n? *x\n: 2\nafter:\n  d: 3\n");
+        assert_eq!(s.get(&["k"]), Some((1, 1)));
+        assert_eq!(s.get(&["after"]), Some((6, 1)));
+        assert_eq!(s.get(&["after", "d"]), Some((7, 3)));
+        assert_eq!(s.get(&["c"]), None);
+        assert_eq!(s.get(&["0"]), None);
+    }
+
+    #[test]
+    fn a_key_is_not_confused_with_a_path() {
+        // Paths were once joined with U+001F: this key then stood for the path a/b.
+        let s = Spans::index("\"a\\u001fb\": 1\na:\n  c: 2\n");
+        assert_eq!(s.get(&["a\u{1f}b"]), Some((1, 1)));
+        assert_eq!(s.get(&["a", "b"]), None);
+        assert_eq!(s.nearest(&["a", "b"]), Some((2, 1)));
+    }
+
+    /// One long key above many short ones: each is stored once, not as its whole path (which
+    /// made this 1 MiB key times 20,000 children, 20 GB).
+    #[test]
+    fn a_long_key_above_many_keys_is_stored_once() {
+        let long = "k".repeat(1 << 20);
+        let mut text = format!("top:\n  ? {long}\n  :\n");
+        for i in 0..20_000 {
+            text.push_str(&format!("    c{i}: {i}\n"));
+        }
+        let s = Spans::index(&text);
+        assert_eq!(s.get(&["top", &long]), Some((2, 5)));
+        assert_eq!(s.get(&["top", &long, "c19999"]), Some((20_003, 5)));
+        let stored: usize = s.nodes.keys().map(|n| n.key.len()).sum();
+        assert!(stored < 2 * text.len(), "{stored} bytes of keys");
+    }
+
+    /// Nesting costs no native stack: far deeper than a test thread's stack would allow for
+    /// a recursive reader.
+    #[test]
+    fn deep_nesting_is_indexed_without_recursion() {
+        let depth = 200_000;
+        let text = format!("{}x\n", "- ".repeat(depth));
+        let s = Spans::index(&text);
+        let path = vec!["0"; depth];
+        assert_eq!(s.get(&path), Some((1, 2 * depth + 1)));
     }
 }

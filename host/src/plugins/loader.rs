@@ -9,16 +9,26 @@
 //!
 //! - it is a regular file of at most 1 GiB, an ELF shared object of this host's class, byte
 //!   order and machine, whose headers, segments and sections all lie inside the file;
+//! - what the loader reads through an address before the library's code runs (the dynamic
+//!   section, and the tables it points to: symbols, strings, hash tables, relocations, versions,
+//!   initialiser arrays) lies in bytes the file's loadable segments map, with room for the sizes
+//!   the dynamic section gives, and the values glibc's loader asserts hold (a failed assertion
+//!   there ends the process);
 //! - its dynamic symbol table exports abi_stable's root module (files in a scanned directory
 //!   that do not are skipped quietly, so a foreign library never runs a line of code here);
 //! - neither the file nor a directory above it can be written by others than its owner
 //!   (unless `plugins.allow_insecure_paths`).
+//!
+//! These checks find a file that was cut short or damaged in its headers. They do not look into
+//! every symbol, relocation or line of code: a library made to crash the loader, like one whose
+//! code crashes, takes the host down. Trust in a library comes from who can write it.
 //!
 //! Then `/proc/self/fd/N` is loaded: the very file that was checked, whatever happens to its
 //! name meanwhile. Paths are file-system paths, relative to the working directory; a bare
 //! `libfoo.so` is never looked up on the system's library path.
 
 use std::{
+    collections::HashMap,
     fs::{self, File},
     io,
     os::{
@@ -36,7 +46,7 @@ use abi_stable::{
 };
 use object::{
     elf,
-    read::elf::{FileHeader, ProgramHeader, SectionHeader, Sym},
+    read::elf::{Dyn, FileHeader, ProgramHeader, SectionHeader, Sym},
     Endianness, ReadCache, ReadRef, SectionIndex,
 };
 use plugin_api::{ManifestRef, PluginModRef};
@@ -154,6 +164,11 @@ pub enum ElfError {
     },
     #[error("corrupt: {what}")]
     Corrupt { what: String },
+    /// Something the dynamic loader reads through its address (the dynamic section, a table it
+    /// points to) is not in bytes the file's loadable segments map from the file: the loader
+    /// would read memory that is not there.
+    #[error("corrupt: {what} (addresses {start:#x}..{end:#x}) is not in the bytes the file loads")]
+    Unmapped { what: String, start: u64, end: u64 },
     #[error("corrupt {what}")]
     Unreadable {
         what: &'static str,
@@ -401,6 +416,7 @@ fn inspect(file: &File, size: u64) -> Result<bool, ElfError> {
             within(size, what, start, len)?;
         }
     }
+    check_loaded(data, endian, segments)?;
 
     // Sections: where the dynamic symbols are, and what a backtrace reads (std maps the file
     // to symbolize a plugin's frames; a section cut off there is a SIGBUS too).
@@ -460,6 +476,342 @@ fn inspect(file: &File, size: u64) -> Result<bool, ElfError> {
                 .and_then(|name| name.strip_prefix(wanted))
                 .is_some_and(|rest| rest.first() == Some(&0))
     }))
+}
+
+/// How the loader uses bytes it reaches through an address.
+#[derive(Clone, Copy)]
+enum Access {
+    Read,
+    Write,
+    Execute,
+}
+
+impl Access {
+    fn flag(self) -> elf::ProgramFlags {
+        match self {
+            Access::Read => elf::PF_R,
+            Access::Write => elf::PF_W,
+            Access::Execute => elf::PF_X,
+        }
+    }
+
+    fn adjective(self) -> &'static str {
+        match self {
+            Access::Read => "readable",
+            Access::Write => "writable",
+            Access::Execute => "executable",
+        }
+    }
+}
+
+/// A loadable segment: `filesz` bytes from `offset` in the file appear at address `vaddr`
+/// (the rest of the segment in memory is zeroes).
+struct Load {
+    vaddr: u64,
+    offset: u64,
+    filesz: u64,
+    flags: elf::ProgramFlags,
+}
+
+/// The file's loadable segments, as the dynamic loader maps them.
+struct Image(Vec<Load>);
+
+impl Image {
+    /// The file offset of the `len` bytes at address `addr`, which must lie in the file's bytes
+    /// of one loadable segment that allows `access`.
+    fn locate(
+        &self,
+        what: impl FnOnce() -> String,
+        addr: u64,
+        len: u64,
+        access: Access,
+    ) -> Result<u64, ElfError> {
+        let Some(end) = addr.checked_add(len) else {
+            return Err(corrupt(format!(
+                "{} has an impossible address range (address + size overflows)",
+                what()
+            )));
+        };
+        let holding = |load: &&Load| {
+            addr >= load.vaddr
+                && load
+                    .vaddr
+                    .checked_add(load.filesz)
+                    .is_some_and(|e| end <= e)
+        };
+        let flag = access.flag();
+        match self
+            .0
+            .iter()
+            .filter(holding)
+            .find(|l| l.flags.0 & flag.0 == flag.0)
+        {
+            Some(load) => Ok(load.offset + (addr - load.vaddr)),
+            None if self.0.iter().any(|l| holding(&l)) => Err(corrupt(format!(
+                "{} lies in a segment that is not {}",
+                what(),
+                access.adjective()
+            ))),
+            None => Err(ElfError::Unmapped {
+                what: what(),
+                start: addr,
+                end,
+            }),
+        }
+    }
+}
+
+fn corrupt(what: impl Into<String>) -> ElfError {
+    ElfError::Corrupt { what: what.into() }
+}
+
+/// Whether glibc's loader asserts that the PLT's relocations carry addends (`DT_PLTREL` is
+/// `DT_RELA`), as on these machines; elsewhere `DT_REL` is allowed too.
+const PLT_RELA_ONLY: bool = cfg!(any(
+    target_arch = "x86_64",
+    target_arch = "aarch64",
+    target_arch = "riscv64"
+));
+
+/// Checks what is read through the addresses the program headers give before any of the
+/// library's code runs: the program headers themselves and the unwind table index (read by
+/// the unwinder, at a panic), the dynamic section, notes and properties (by the loader), the
+/// TLS image (copied for each thread). Each must lie in the file's bytes of a readable loadable
+/// segment; the dynamic section is then checked through ([`check_dynamic`]).
+fn check_loaded<'data, R: ReadRef<'data>>(
+    data: R,
+    endian: Endianness,
+    segments: &[<HostElf as FileHeader>::ProgramHeader],
+) -> Result<(), ElfError> {
+    #[allow(
+        clippy::useless_conversion,
+        reason = "a 32-bit ELF's addresses are u32"
+    )]
+    let range = |s: &<HostElf as FileHeader>::ProgramHeader| -> (u64, u64) {
+        (s.p_vaddr(endian).into(), s.p_filesz(endian).into())
+    };
+    #[allow(clippy::useless_conversion, reason = "a 32-bit ELF's offsets are u32")]
+    let image = Image(
+        segments
+            .iter()
+            .filter(|s| s.p_type(endian) == elf::PT_LOAD)
+            .map(|s| Load {
+                vaddr: range(s).0,
+                offset: s.p_offset(endian).into(),
+                filesz: range(s).1,
+                flags: s.p_flags(endian),
+            })
+            .collect(),
+    );
+    for (i, segment) in segments.iter().enumerate() {
+        let kind = segment.p_type(endian);
+        let (addr, len) = range(segment);
+        let what = || format!("{kind:?} segment {i}");
+        match kind {
+            elf::PT_DYNAMIC => {
+                image.locate(what, addr, len, Access::Read)?;
+                check_dynamic(data, endian, &image, addr, len)?;
+            }
+            elf::PT_PHDR
+            | elf::PT_NOTE
+            | elf::PT_GNU_PROPERTY
+            | elf::PT_TLS
+            | elf::PT_GNU_EH_FRAME
+                if len > 0 =>
+            {
+                image.locate(what, addr, len, Access::Read)?;
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Checks the dynamic section at address `addr` (`len` bytes), as glibc's loader reads it
+/// before any of the library's code runs: it ends (a `DT_NULL` entry) within those bytes;
+/// every table it points to lies in the file's bytes of a loadable segment, with room for the
+/// size it gives (the header's, for a table that gives its own size); the tags glibc reads
+/// without checking that they are there are there, and the values it asserts hold; and the
+/// strings it names (needed libraries, search paths) lie in its string table.
+fn check_dynamic<'data, R: ReadRef<'data>>(
+    data: R,
+    endian: Endianness,
+    image: &Image,
+    addr: u64,
+    len: u64,
+) -> Result<(), ElfError> {
+    type Entry = <HostElf as FileHeader>::Dyn;
+    let unreadable = || corrupt("the dynamic section cannot be read");
+    let at = image.locate(|| "the dynamic section".into(), addr, len, Access::Read)?;
+    let count = usize::try_from(len / size_of::<Entry>() as u64).map_err(|_| unreadable())?;
+    let entries: &[Entry] = data.read_slice_at(at, count).map_err(|()| unreadable())?;
+    let end = entries
+        .iter()
+        .position(|e| e.tag(endian) == elf::DT_NULL)
+        .ok_or_else(|| corrupt("the dynamic section has no DT_NULL entry to end it"))?;
+    let entries = &entries[..end];
+    // The last entry of a tag is the one that counts, as in the loader.
+    let values: HashMap<elf::DynamicTag, u64> = entries
+        .iter()
+        .map(|e| (e.tag(endian), e.val(endian)))
+        .collect();
+    let get = |tag| values.get(&tag).copied();
+    let needs = |tag: elf::DynamicTag, with: elf::DynamicTag| {
+        get(tag).ok_or_else(|| corrupt(format!("{with:?} without {tag:?}")))
+    };
+    let locate = |tag: elf::DynamicTag, addr, len, access| {
+        image.locate(|| format!("{tag:?}"), addr, len, access)
+    };
+
+    let word = size_of::<<HostElf as FileHeader>::Word>() as u64;
+    let rela = size_of::<<HostElf as FileHeader>::Rela>() as u64;
+    let rel = size_of::<<HostElf as FileHeader>::Rel>() as u64;
+    let plt_entry = match get(elf::DT_PLTREL) {
+        None => rela,
+        Some(kind) if kind == elf::DT_RELA.0 as u64 => rela,
+        Some(kind) if kind == elf::DT_REL.0 as u64 && !PLT_RELA_ONLY => rel,
+        Some(kind) => {
+            return Err(corrupt(format!(
+                "DT_PLTREL is {kind}, not DT_RELA ({}){}",
+                elf::DT_RELA.0,
+                if PLT_RELA_ONLY { "" } else { " or DT_REL" }
+            )))
+        }
+    };
+    if get(elf::DT_JMPREL).is_some() {
+        needs(elf::DT_PLTREL, elf::DT_JMPREL)?;
+        needs(elf::DT_PLTGOT, elf::DT_JMPREL)?;
+    }
+    // Tables with the tag that gives their size in bytes, and the size of their entries (with
+    // the tag that declares it, where glibc asserts it).
+    for (tag, size_tag, entry_tag, entry) in [
+        (elf::DT_STRTAB, elf::DT_STRSZ, None, 1),
+        (elf::DT_RELA, elf::DT_RELASZ, Some(elf::DT_RELAENT), rela),
+        (elf::DT_REL, elf::DT_RELSZ, Some(elf::DT_RELENT), rel),
+        (elf::DT_RELR, elf::DT_RELRSZ, Some(elf::DT_RELRENT), word),
+        (elf::DT_JMPREL, elf::DT_PLTRELSZ, None, plt_entry),
+        (elf::DT_INIT_ARRAY, elf::DT_INIT_ARRAYSZ, None, word),
+        (elf::DT_FINI_ARRAY, elf::DT_FINI_ARRAYSZ, None, word),
+        (elf::DT_PREINIT_ARRAY, elf::DT_PREINIT_ARRAYSZ, None, word),
+    ] {
+        let Some(addr) = get(tag) else {
+            continue;
+        };
+        let size = needs(size_tag, tag)?;
+        if let Some(entry_tag) = entry_tag {
+            let declared = needs(entry_tag, tag)?;
+            if declared != entry {
+                return Err(corrupt(format!(
+                    "{entry_tag:?} is {declared}, not the {entry} bytes of an entry"
+                )));
+            }
+        }
+        if size % entry != 0 {
+            return Err(corrupt(format!(
+                "{size_tag:?} ({size}) is not a whole number of {entry}-byte entries"
+            )));
+        }
+        locate(tag, addr, size, Access::Read)?;
+    }
+
+    let symbol = size_of::<<HostElf as FileHeader>::Sym>() as u64;
+    if let Some(declared) = get(elf::DT_SYMENT).filter(|&n| n != symbol) {
+        return Err(corrupt(format!(
+            "DT_SYMENT is {declared}, not the {symbol} bytes of a symbol"
+        )));
+    }
+    // Tables whose length the dynamic section does not give: room for one entry, or for the
+    // header of one that gives its own.
+    for (tag, len, access) in [
+        (elf::DT_SYMTAB, symbol, Access::Read),
+        (elf::DT_VERSYM, 2, Access::Read),
+        (
+            elf::DT_VERDEF,
+            size_of::<elf::Verdef<Endianness>>() as u64,
+            Access::Read,
+        ),
+        (
+            elf::DT_VERNEED,
+            size_of::<elf::Verneed<Endianness>>() as u64,
+            Access::Read,
+        ),
+        // The loader writes the two words after the first as it sets up lazy binding.
+        (elf::DT_PLTGOT, 3 * word, Access::Write),
+        (elf::DT_INIT, 1, Access::Execute),
+        (elf::DT_FINI, 1, Access::Execute),
+    ] {
+        if let Some(addr) = get(tag) {
+            locate(tag, addr, len, access)?;
+        }
+    }
+    // Hash tables: a header of 32-bit words, then arrays whose lengths it gives.
+    if let Some(addr) = get(elf::DT_HASH) {
+        let header = locate(elf::DT_HASH, addr, 8, Access::Read)?;
+        let [buckets, chains] = header_words(data, endian, header)?;
+        let len = (2 + u64::from(buckets) + u64::from(chains)) * 4;
+        locate(elf::DT_HASH, addr, len, Access::Read)?;
+    }
+    if let Some(addr) = get(elf::DT_GNU_HASH) {
+        let header = locate(elf::DT_GNU_HASH, addr, 16, Access::Read)?;
+        let [buckets, _, bloom_words, _] = header_words(data, endian, header)?;
+        // Asserted by glibc (a mask picks the word), and 0 would make that mask select any.
+        if !bloom_words.is_power_of_two() {
+            return Err(corrupt(format!(
+                "DT_GNU_HASH has a Bloom filter of {bloom_words} words, not a power of two"
+            )));
+        }
+        let len = 16 + u64::from(bloom_words) * word + u64::from(buckets) * 4;
+        locate(elf::DT_GNU_HASH, addr, len, Access::Read)?;
+    }
+
+    // The names the loader reads: libraries (needed, filtered, auditing), search paths. They
+    // are offsets into the string table, each string ending at a NUL inside it (so the
+    // table's last byte is one).
+    let mut names = entries
+        .iter()
+        .map(|e| (e.tag(endian), e.val(endian)))
+        .filter(|(tag, _)| {
+            matches!(
+                *tag,
+                elf::DT_NEEDED
+                    | elf::DT_SONAME
+                    | elf::DT_RPATH
+                    | elf::DT_RUNPATH
+                    | elf::DT_FILTER
+                    | elf::DT_AUXILIARY
+                    | elf::DT_AUDIT
+                    | elf::DT_DEPAUDIT
+            )
+        })
+        .peekable();
+    if let Some(&(first, _)) = names.peek() {
+        let strtab = needs(elf::DT_STRTAB, first)?;
+        let size = needs(elf::DT_STRSZ, elf::DT_STRTAB)?;
+        for (tag, offset) in names {
+            if offset >= size {
+                return Err(corrupt(format!(
+                    "{tag:?} names offset {offset}, past the end of the string table ({size} bytes)"
+                )));
+            }
+        }
+        let last = locate(elf::DT_STRTAB, strtab, size, Access::Read)? + size - 1;
+        if data.read_bytes_at(last, 1) != Ok(&[0][..]) {
+            return Err(corrupt("the dynamic string table does not end with a NUL"));
+        }
+    }
+    Ok(())
+}
+
+/// The first `N` 32-bit words at `offset`: a hash table's header.
+fn header_words<'data, const N: usize>(
+    data: impl ReadRef<'data>,
+    endian: Endianness,
+    offset: u64,
+) -> Result<[u32; N], ElfError> {
+    let words: &[object::endian::U32<Endianness>] = data
+        .read_slice_at(offset, N)
+        .map_err(|()| corrupt("a hash table's header cannot be read"))?;
+    Ok(std::array::from_fn(|i| words[i].get(endian)))
 }
 
 /// Checks that `len` bytes from `start` lie inside a file of `size` bytes.
@@ -993,6 +1345,177 @@ mod tests {
             lib[40..48].copy_from_slice(&u64::MAX.to_ne_bytes());
             assert!(matches!(check(&lib), Err(ElfError::Corrupt { .. })));
         }
+    }
+
+    #[test]
+    fn every_library_this_process_maps_passes() {
+        let maps = fs::read_to_string("/proc/self/maps").unwrap();
+        let mut paths: Vec<&str> = maps
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(5))
+            .filter(|p| p.contains(".so"))
+            .collect();
+        paths.dedup();
+        assert!(!paths.is_empty());
+        for path in paths {
+            let checked = check(&fs::read(path).unwrap());
+            assert!(matches!(checked, Ok(false)), "{path}: {checked:?}");
+        }
+    }
+
+    #[cfg(target_pointer_width = "64")]
+    /// The file offset of `lib`'s dynamic section, and the index of its first entry `tag`.
+    fn dynamic_entry(lib: &[u8], tag: elf::DynamicTag) -> (usize, usize) {
+        let header = HostElf::parse(lib).unwrap();
+        let endian = header.endian().unwrap();
+        let segments = header.program_headers(endian, lib).unwrap();
+        let dynamic = segments
+            .iter()
+            .find(|s| s.p_type(endian) == elf::PT_DYNAMIC)
+            .unwrap();
+        let entries = dynamic.dynamic(endian, lib).unwrap().unwrap();
+        let index = entries.iter().position(|e| e.tag(endian) == tag);
+        let start = usize::try_from(dynamic.p_offset(endian)).unwrap();
+        (start, index.unwrap_or_else(|| panic!("no {tag:?} entry")))
+    }
+
+    #[cfg(target_pointer_width = "64")]
+    /// `lib` with the value of its first dynamic entry `tag` set to `value` (64-bit layout).
+    fn with_dynamic(lib: &[u8], tag: elf::DynamicTag, value: u64) -> Vec<u8> {
+        let (start, index) = dynamic_entry(lib, tag);
+        let at = start + index * 16 + 8;
+        let mut copy = lib.to_vec();
+        copy[at..at + 8].copy_from_slice(&value.to_ne_bytes());
+        copy
+    }
+
+    #[cfg(target_pointer_width = "64")]
+    /// The value of `lib`'s first dynamic entry `tag` (64-bit layout).
+    fn dynamic_value(lib: &[u8], tag: elf::DynamicTag) -> u64 {
+        let (start, index) = dynamic_entry(lib, tag);
+        let at = start + index * 16 + 8;
+        u64::from_ne_bytes(lib[at..at + 8].try_into().unwrap())
+    }
+
+    #[cfg(target_pointer_width = "64")]
+    /// Where the bytes at address `addr` are in `lib`.
+    fn file_offset(lib: &[u8], addr: u64) -> usize {
+        let header = HostElf::parse(lib).unwrap();
+        let endian = header.endian().unwrap();
+        let segments = header.program_headers(endian, lib).unwrap();
+        let load = segments
+            .iter()
+            .filter(|s| s.p_type(endian) == elf::PT_LOAD)
+            .find(|s| (s.p_vaddr(endian)..s.p_vaddr(endian) + s.p_filesz(endian)).contains(&addr))
+            .unwrap();
+        usize::try_from(addr - load.p_vaddr(endian) + load.p_offset(endian)).unwrap()
+    }
+
+    #[test]
+    #[cfg(target_pointer_width = "64")]
+    fn dynamic_tables_outside_the_loaded_bytes_are_refused() {
+        let lib = a_system_library();
+        let far = 0x7fff_0000_0000;
+        for tag in [
+            elf::DT_STRTAB,
+            elf::DT_SYMTAB,
+            elf::DT_GNU_HASH,
+            elf::DT_RELA,
+            elf::DT_JMPREL,
+            elf::DT_VERSYM,
+        ] {
+            let err = check(&with_dynamic(&lib, tag, far)).unwrap_err();
+            let name = format!("{tag:?}");
+            assert!(
+                matches!(&err, ElfError::Unmapped { what, start, .. } if *what == name && *start == far),
+                "{tag:?}: {err}"
+            );
+            assert!(
+                err.to_string()
+                    .starts_with(&format!("corrupt: {name} (addresses 0x7fff00000000..")),
+                "{err}"
+            );
+        }
+        // The table is where it was, but longer than the bytes there.
+        let err = check(&with_dynamic(&lib, elf::DT_STRSZ, 1 << 40)).unwrap_err();
+        assert!(
+            matches!(&err, ElfError::Unmapped { what, .. } if what == "DT_STRTAB"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    #[cfg(target_pointer_width = "64")]
+    fn dynamic_values_the_loader_asserts_or_follows_are_checked() {
+        let lib = a_system_library();
+        let refused = |bytes: Vec<u8>, expected: &str| {
+            let err = check(&bytes).unwrap_err();
+            assert!(
+                matches!(err, ElfError::Corrupt { .. }) && err.to_string().contains(expected),
+                "expected {expected:?}: {err}"
+            );
+        };
+        refused(
+            with_dynamic(&lib, elf::DT_RELAENT, 23),
+            "DT_RELAENT is 23, not the 24 bytes of an entry",
+        );
+        refused(
+            with_dynamic(&lib, elf::DT_PLTREL, elf::DT_REL.0 as u64),
+            "DT_PLTREL is 17, not DT_RELA (7)",
+        );
+        refused(
+            with_dynamic(&lib, elf::DT_NEEDED, 1 << 30),
+            "DT_NEEDED names offset 1073741824, past the end of the string table",
+        );
+        // Where the symbols are: readable, but the loader writes the PLT's GOT.
+        let symbols = dynamic_value(&lib, elf::DT_SYMTAB);
+        refused(
+            with_dynamic(&lib, elf::DT_PLTGOT, symbols),
+            "DT_PLTGOT lies in a segment that is not writable",
+        );
+        // The Bloom filter's size in words: the third word of the GNU hash table's header.
+        let at = file_offset(&lib, dynamic_value(&lib, elf::DT_GNU_HASH)) + 8;
+        let mut bloom = lib.clone();
+        bloom[at..at + 4].copy_from_slice(&3u32.to_ne_bytes());
+        refused(
+            bloom,
+            "DT_GNU_HASH has a Bloom filter of 3 words, not a power of two",
+        );
+
+        // A dynamic section that never ends: its DT_NULL entries made DT_DEBUG ones.
+        let (start, index) = dynamic_entry(&lib, elf::DT_NULL);
+        let mut endless = lib.clone();
+        let mut at = start + index * 16;
+        while at + 16 <= endless.len() && endless[at..at + 8] == [0; 8] {
+            endless[at..at + 8].copy_from_slice(&(elf::DT_DEBUG.0 as u64).to_ne_bytes());
+            at += 16;
+        }
+        refused(
+            endless,
+            "the dynamic section has no DT_NULL entry to end it",
+        );
+    }
+
+    #[test]
+    #[cfg(target_pointer_width = "64")]
+    fn a_dynamic_segment_outside_the_loaded_bytes_is_refused() {
+        let mut lib = a_system_library();
+        let header = HostElf::parse(&*lib).unwrap();
+        let endian = header.endian().unwrap();
+        let phoff = usize::try_from(header.e_phoff(endian)).unwrap();
+        let segments = header.program_headers(endian, &*lib).unwrap();
+        let i = segments
+            .iter()
+            .position(|s| s.p_type(endian) == elf::PT_DYNAMIC)
+            .unwrap();
+        // p_vaddr, 16 bytes into a 64-bit program header.
+        let at = phoff + i * size_of::<<HostElf as FileHeader>::ProgramHeader>() + 16;
+        lib[at..at + 8].copy_from_slice(&0x7fff_0000_0000u64.to_ne_bytes());
+        let err = check(&lib).unwrap_err();
+        assert!(
+            matches!(&err, ElfError::Unmapped { what, .. } if *what == format!("PT_DYNAMIC segment {i}")),
+            "{err}"
+        );
     }
 
     #[test]
