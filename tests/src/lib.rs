@@ -25,7 +25,8 @@ mod redis_server;
 pub use http::{http_get, HttpResponse, HTTP_TIMEOUT};
 pub use otlp_receiver::{
     any_to_json, attributes_json, histogram_points, is_gauge, number_points, sum_shape, Answer,
-    OtlpProtocol, OtlpReceiver, Received, Seen, PARTIAL_MESSAGE, RECEIVER_TIMEOUT,
+    OtlpProtocol, OtlpReceiver, Received, Seen, ServerTls, TestCerts, PARTIAL_MESSAGE,
+    RECEIVER_TIMEOUT,
 };
 pub use prometheus::{promtool_bin, promtool_check_metrics, Metrics, Sample};
 /// The official OTLP protobuf types the receiver decodes into, for tests that read what

@@ -454,17 +454,84 @@ async fn http_traces(
     .await
 }
 
+/// Certificates for a receiver over TLS, made for one test: a CA, the receiver's certificate
+/// (for `localhost` and `127.0.0.1`) signed by it, and a client certificate signed by it.
+pub struct TestCerts {
+    pub ca_pem: String,
+    pub server_cert_pem: String,
+    pub server_key_pem: String,
+    pub client_cert_pem: String,
+    pub client_key_pem: String,
+}
+
+impl TestCerts {
+    pub fn new() -> TestCerts {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+        let ca_key = KeyPair::generate().expect("a CA key");
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "otlp test CA");
+        let ca = ca_params.self_signed(&ca_key).expect("a CA certificate");
+        let signed = |names: Vec<String>| {
+            let key = KeyPair::generate().expect("a key");
+            let cert = CertificateParams::new(names)
+                .expect("params")
+                .signed_by(&key, &ca, &ca_key)
+                .expect("a signed certificate");
+            (cert.pem(), key.serialize_pem())
+        };
+        let (server_cert_pem, server_key_pem) =
+            signed(vec!["localhost".into(), "127.0.0.1".into()]);
+        let (client_cert_pem, client_key_pem) = signed(vec!["otlp-client".into()]);
+        TestCerts {
+            ca_pem: ca.pem(),
+            server_cert_pem,
+            server_key_pem,
+            client_cert_pem,
+            client_key_pem,
+        }
+    }
+}
+
+impl Default for TestCerts {
+    fn default() -> Self {
+        TestCerts::new()
+    }
+}
+
+/// How a receiver speaks TLS: its certificate, and whether it requires a client certificate
+/// signed by the test CA.
+#[derive(Clone)]
+pub struct ServerTls {
+    pub cert_pem: String,
+    pub key_pem: String,
+    /// Requires clients to present a certificate signed by this CA.
+    pub client_ca_pem: Option<String>,
+}
+
 /// An OTLP receiver on `127.0.0.1:port`; dropping it stops it.
 pub struct OtlpReceiver {
     pub protocol: OtlpProtocol,
     pub port: u16,
     shared: Shared,
     runtime: Option<tokio::runtime::Runtime>,
+    tls: Option<ServerTls>,
 }
 
 impl OtlpReceiver {
     /// Starts a receiver on a free port.
     pub fn start(protocol: OtlpProtocol) -> OtlpReceiver {
+        OtlpReceiver::start_with(protocol, None)
+    }
+
+    /// Starts a receiver that speaks TLS (`https://`) on a free port.
+    pub fn start_tls(protocol: OtlpProtocol, tls: ServerTls) -> OtlpReceiver {
+        OtlpReceiver::start_with(protocol, Some(tls))
+    }
+
+    fn start_with(protocol: OtlpProtocol, tls: Option<ServerTls>) -> OtlpReceiver {
         let mut receiver = OtlpReceiver {
             protocol,
             port: 0,
@@ -477,14 +544,19 @@ impl OtlpReceiver {
                 })),
             },
             runtime: None,
+            tls,
         };
         receiver.restart();
         receiver
     }
 
-    /// The endpoint for an `otlp` stage's `endpoint:`.
+    /// The endpoint for an `otlp` stage's `endpoint:` (`https://localhost:PORT` over TLS, the
+    /// name its certificate is for).
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        match self.tls {
+            Some(_) => format!("https://localhost:{}", self.port),
+            None => format!("http://127.0.0.1:{}", self.port),
+        }
     }
 
     /// How it answers from now on (after the requests [`OtlpReceiver::answer_next`] still
@@ -551,8 +623,20 @@ impl OtlpReceiver {
                 let traces =
                     TraceServiceServer::new(shared).accept_compressed(CompressionEncoding::Gzip);
                 let incoming = tonic::transport::server::TcpIncoming::from(listener);
+                let mut server = tonic::transport::Server::builder();
+                if let Some(tls) = &self.tls {
+                    let mut config = tonic::transport::ServerTlsConfig::new().identity(
+                        tonic::transport::Identity::from_pem(&tls.cert_pem, &tls.key_pem),
+                    );
+                    if let Some(ca) = &tls.client_ca_pem {
+                        config = config.client_ca_root(tonic::transport::Certificate::from_pem(ca));
+                    }
+                    server = server
+                        .tls_config(config)
+                        .expect("the receiver's TLS config");
+                }
                 runtime.spawn(
-                    tonic::transport::Server::builder()
+                    server
                         .add_service(logs)
                         .add_service(metrics)
                         .add_service(traces)
@@ -565,10 +649,78 @@ impl OtlpReceiver {
                     .route("/v1/metrics", post(http_metrics))
                     .route("/v1/traces", post(http_traces))
                     .with_state(shared);
-                runtime.spawn(async move { axum::serve(listener, app).await });
+                match &self.tls {
+                    None => {
+                        runtime.spawn(async move { axum::serve(listener, app).await });
+                    }
+                    Some(tls) => {
+                        let acceptor = tls_acceptor(tls);
+                        runtime.spawn(serve_tls(listener, acceptor, app));
+                    }
+                }
             }
         }
         self.runtime = Some(runtime);
+    }
+}
+
+/// rustls's server side for the receiver's OTLP/HTTP.
+fn tls_acceptor(tls: &ServerTls) -> tokio_rustls::TlsAcceptor {
+    use rustls::pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let chain = CertificateDer::pem_slice_iter(tls.cert_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .expect("the receiver's certificate");
+    let key = PrivateKeyDer::from_pem_slice(tls.key_pem.as_bytes()).expect("the receiver's key");
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions");
+    let builder = match &tls.client_ca_pem {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in CertificateDer::pem_slice_iter(ca.as_bytes()) {
+                roots
+                    .add(cert.expect("a CA certificate"))
+                    .expect("a usable CA");
+            }
+            let verifier =
+                rustls::server::WebPkiClientVerifier::builder_with_provider(roots.into(), provider)
+                    .build()
+                    .expect("a client verifier");
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let config = builder
+        .with_single_cert(chain, key)
+        .expect("the receiver's certificate and key");
+    tokio_rustls::TlsAcceptor::from(Arc::new(config))
+}
+
+/// Serves `app` over TLS on `listener`; a connection whose handshake fails is dropped.
+async fn serve_tls(
+    listener: tokio::net::TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+    app: Router,
+) {
+    use hyper_util::{
+        rt::{TokioExecutor, TokioIo},
+        server::conn::auto,
+        service::TowerToHyperService,
+    };
+    loop {
+        let Ok((tcp, _)) = listener.accept().await else {
+            continue;
+        };
+        let (acceptor, app) = (acceptor.clone(), app.clone());
+        tokio::spawn(async move {
+            let Ok(stream) = acceptor.accept(tcp).await else {
+                return;
+            };
+            let _ = auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), TowerToHyperService::new(app))
+                .await;
+        });
     }
 }
 

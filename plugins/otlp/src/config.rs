@@ -10,9 +10,12 @@ use serde::Deserialize;
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OtlpConfig {
-    /// Where the receiver listens: `http://HOST:PORT` (a gRPC endpoint, or the base of the
-    /// OTLP/HTTP paths). A missing scheme means `http://`.
+    /// Where the receiver listens: `http://HOST:PORT` or `https://HOST:PORT` (a gRPC
+    /// endpoint, or the base of the OTLP/HTTP paths). A missing scheme means `http://`.
     pub endpoint: String,
+    /// With `https://`: a private CA, a client certificate.
+    #[serde(default)]
+    pub tls: Option<crate::tls::TlsConfig>,
     #[serde(default)]
     pub protocol: Protocol,
     #[serde(default)]
@@ -161,17 +164,27 @@ impl OtlpConfig {
             return Err(ConfigError::at("endpoint", "`endpoint` must not be empty"));
         }
         let url = self.base_url();
-        if url.starts_with("https://") {
+        let https = url.starts_with("https://");
+        if !(https || url.starts_with("http://")) || url.parse::<hyper::Uri>().is_err() {
             return Err(ConfigError::at(
                 "endpoint",
-                "TLS (`https://`) is not supported yet: send to a local Collector over `http://`",
+                format!(
+                    "`{}` is not an `http://HOST:PORT` or `https://HOST:PORT` address",
+                    self.endpoint
+                ),
             ));
         }
-        if !url.starts_with("http://") || url.parse::<hyper::Uri>().is_err() {
-            return Err(ConfigError::at(
-                "endpoint",
-                format!("`{}` is not an `http://HOST:PORT` address", self.endpoint),
-            ));
+        match (&self.tls, https) {
+            (Some(_), false) => {
+                return Err(ConfigError::at(
+                    "tls",
+                    "`tls` applies to an `https://` endpoint only",
+                ))
+            }
+            (Some(tls), true) => {
+                tls.load().map_err(|(key, e)| ConfigError::at(key, e))?;
+            }
+            (None, _) => {}
         }
         if self.timeout.is_zero() {
             return Err(ConfigError::at("timeout", "must be above 0"));
@@ -298,7 +311,16 @@ mod tests {
             r#"{"endpoint":"x:1","signal":"metrics","metrics":[{"field":"a","buckets":[2,1],"kind":"histogram"}]}"#,
         );
         assert_eq!(c.check().unwrap_err().path, "metrics[0].buckets");
-        let c = parse(r#"{"endpoint":"https://x:1"}"#);
+        assert!(parse(r#"{"endpoint":"https://x:1"}"#).check().is_ok());
+        let c = parse(r#"{"endpoint":"ftp://x:1"}"#);
         assert_eq!(c.check().unwrap_err().path, "endpoint");
+        let c = parse(r#"{"endpoint":"http://x:1","tls":{}}"#);
+        assert_eq!(c.check().unwrap_err().path, "tls");
+        let c = parse(r#"{"endpoint":"https://x:1","tls":{"ca_file":"/nonexistent.pem"}}"#);
+        let e = c.check().unwrap_err();
+        assert_eq!(e.path, "tls.ca_file");
+        assert!(e.message.contains("/nonexistent.pem"), "{e}");
+        let c = parse(r#"{"endpoint":"https://x:1","tls":{"cert_file":"/c.pem"}}"#);
+        assert_eq!(c.check().unwrap_err().path, "tls.key_file");
     }
 }

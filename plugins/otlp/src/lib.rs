@@ -15,6 +15,7 @@
 
 pub mod config;
 pub mod mapping;
+pub mod tls;
 mod transport;
 
 use std::time::Duration;

@@ -8,6 +8,7 @@ use std::{io::Write, time::Duration};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::header::{HeaderName, HeaderValue, CONTENT_ENCODING, CONTENT_TYPE};
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::{
     client::legacy::{connect::HttpConnector, Client},
     rt::TokioExecutor,
@@ -54,7 +55,7 @@ pub enum Transport {
         )>,
     },
     Http {
-        client: Client<HttpConnector, Full<Bytes>>,
+        client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
         uri: hyper::Uri,
         headers: Vec<(HeaderName, HeaderValue)>,
         gzip: bool,
@@ -71,13 +72,26 @@ impl Transport {
     /// (tonic's channel spawns its worker there).
     pub fn new(config: &OtlpConfig) -> Result<Transport, String> {
         let url = config.url();
+        // The files are read once, here (the config check read them too, to report them).
+        let tls = config
+            .tls
+            .clone()
+            .unwrap_or_default()
+            .load()
+            .map_err(|(key, e)| format!("{key}: {e}"))?;
+        let https = url.starts_with("https://");
         match config.protocol {
             Protocol::Grpc => {
-                let channel = Endpoint::from_shared(url.clone())
+                let mut endpoint = Endpoint::from_shared(url.clone())
                     .map_err(|e| describe(&url, e))?
                     .connect_timeout(config.timeout)
-                    .timeout(config.timeout)
-                    .connect_lazy();
+                    .timeout(config.timeout);
+                if https {
+                    endpoint = endpoint
+                        .tls_config(tls.grpc())
+                        .map_err(|e| describe(&url, e))?;
+                }
+                let channel = endpoint.connect_lazy();
                 let mut logs = LogsServiceClient::new(channel.clone());
                 let mut metrics = MetricsServiceClient::new(channel);
                 if config.compression == Compression::Gzip {
@@ -106,6 +120,13 @@ impl Transport {
                 let mut connector = HttpConnector::new();
                 connector.set_connect_timeout(Some(config.timeout));
                 connector.set_nodelay(true);
+                // `https://` goes through rustls; `http://` stays plain.
+                connector.enforce_http(false);
+                let connector = HttpsConnectorBuilder::new()
+                    .with_tls_config(tls.http()?)
+                    .https_or_http()
+                    .enable_http1()
+                    .wrap_connector(connector);
                 let client = Client::builder(TokioExecutor::new())
                     .pool_idle_timeout(Duration::from_secs(30))
                     .build(connector);
