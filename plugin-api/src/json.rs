@@ -10,9 +10,10 @@
 //! [`Record::from_json`] (what sources run on every message) is one pass over the text,
 //! straight into the record's table: three allocations per message (handle, table,
 //! buffer), none per field. The buffer starts with a copy of the text, and a key or string
-//! without escapes is a range of it; one with escapes is written unescaped after it. The `Deserialize` impls (stage configs, tests) go through serde
-//! with the same rules, except that serde's JSON reader hands integers beyond `u64` over as
-//! floats, so there they cannot be told from floats.
+//! without escapes is a range of it; one with escapes is written unescaped after it. The
+//! `Deserialize` impls (stage configs, tests) go through serde with the same rules, except
+//! that serde's JSON reader hands integers beyond `u64` over as floats, so there they cannot
+//! be told from floats.
 //!
 //! JSON out: [`Record::write_json`] writes what serde_json writes for a record, copying the
 //! keys and strings the decoder found free of escapes as they are.

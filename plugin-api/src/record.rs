@@ -408,9 +408,8 @@ impl Record {
         Record::from_parts(meta, u32_of(fields.len()), entries, bytes)
     }
 
-    /// A record from a table the decoder filled.
-    /// A record of a decoded message (its table and buffer): `meta` with `trace` if it has
-    /// one.
+    /// A record of a decoded message (the table and buffer the decoder filled): `meta`, with
+    /// `trace` if it has one.
     pub(crate) fn decoded(
         mut meta: RecordMeta,
         trace: Option<TraceContext>,

@@ -559,6 +559,30 @@ impl OtlpReceiver {
         }
     }
 
+    /// A pipeline of one ZeroMQ source `in` and one `otlp` stage `out` sending to this
+    /// receiver (its endpoint and protocol): `config` holds the stage's further `config:`
+    /// lines, each indented six spaces; `after`, top-level sections to follow
+    /// (`monitoring:`, say).
+    pub fn pipeline(&self, config: &str, after: &str) -> String {
+        format!(
+            r#"
+plugins:
+  paths: ["{{{{plugins}}}}"]
+sources:
+  in: {{ type: zmq, socket: pull, bind: "{{{{endpoint}}}}" }}
+stages:
+  out:
+    plugin: otlp
+    inputs: [in]
+    config:
+      endpoint: "{endpoint}"
+      protocol: {protocol}
+{config}{after}"#,
+            endpoint = self.endpoint(),
+            protocol = self.protocol.name(),
+        )
+    }
+
     /// How it answers from now on (after the requests [`OtlpReceiver::answer_next`] still
     /// has to answer).
     pub fn answer(&self, answer: Answer) {

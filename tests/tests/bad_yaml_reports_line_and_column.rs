@@ -255,12 +255,19 @@ fn names_outside_the_documented_set_are_located() {
 /// Writes `yaml` (with `{{plugins}}` filled in) and checks that `validate` finds it valid,
 /// with `stages` stages. The command's time limit is the only clock: a validation that took
 /// time or memory out of proportion to the file would be killed at it, or end by a signal.
+/// How long it took is printed (`-- --nocapture`), not asserted.
 fn assert_valid(name: &str, yaml: &str, stages: usize) {
     let dir = tempfile::tempdir().unwrap();
     let yaml = yaml.replace("{{plugins}}", &tests::plugin_dir().display().to_string());
     let file = dir.path().join(format!("{name}.yaml"));
     std::fs::write(&file, &yaml).unwrap();
+    let started = std::time::Instant::now();
     let out = validate(&file);
+    println!(
+        "{name}: {} bytes validated in {:.2} s",
+        yaml.len(),
+        started.elapsed().as_secs_f64()
+    );
     assert_eq!(out.code(), 0, "{name}: {out:#?}");
     assert_eq!(
         out.stdout.trim_end(),

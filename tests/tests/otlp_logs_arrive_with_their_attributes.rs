@@ -18,30 +18,18 @@ const TOKEN: &str = "s3cret-token";
 
 /// `compression:` as configured; `None`: the key left out (the default, gzip).
 fn pipeline(receiver: &OtlpReceiver, compression: Option<&str>) -> String {
-    let compression = compression.map_or(String::new(), |c| format!("compression: {c}"));
-    format!(
-        r#"
-plugins:
-  paths: ["{{{{plugins}}}}"]
-sources:
-  in: {{ type: zmq, socket: pull, bind: "{{{{endpoint}}}}" }}
-stages:
-  out:
-    plugin: otlp
-    inputs: [in]
-    config:
-      endpoint: "{endpoint}"
-      protocol: {protocol}
-      headers: {{ authorization: "Bearer ${{OTLP_TEST_TOKEN}}" }}
+    let compression = compression.map_or(String::new(), |c| format!("      compression: {c}\n"));
+    receiver.pipeline(
+        &format!(
+            r#"      headers: {{ authorization: "Bearer ${{OTLP_TEST_TOKEN}}" }}
       body_field: msg
       severity_field: level
       timestamp_field: ts
       resource: {{ service.name: checkout, replica: 3 }}
       sending: {{ batch_size: {BATCH_SIZE}, max_delay: 50ms }}
-      {compression}
-"#,
-        endpoint = receiver.endpoint(),
-        protocol = receiver.protocol.name(),
+{compression}"#
+        ),
+        "",
     )
 }
 

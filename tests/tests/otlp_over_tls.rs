@@ -16,28 +16,17 @@ const N: u64 = 40;
 
 /// An `otlp` stage sending logs to `receiver`, with `tls` (YAML) under its config.
 fn pipeline(receiver: &OtlpReceiver, tls: &str) -> String {
-    format!(
-        r#"
-plugins:
-  paths: ["{{{{plugins}}}}"]
-sources:
-  in: {{ type: zmq, socket: pull, bind: "{{{{endpoint}}}}" }}
-stages:
-  out:
-    plugin: otlp
-    inputs: [in]
-    config:
-      endpoint: "{endpoint}"
-      protocol: {protocol}
-      timeout: 2s
+    receiver.pipeline(
+        &format!(
+            "      timeout: 2s
       {tls}
       sending: {{ batch_size: 10, max_delay: 20ms, retry: {{ initial_interval: 50ms, max_interval: 200ms, max_elapsed: 0s }} }}
-monitoring:
-  admin: {{ listen: "127.0.0.1:0" }}
-  health: {{ interval: 200ms }}
-"#,
-        endpoint = receiver.endpoint(),
-        protocol = receiver.protocol.name(),
+"
+        ),
+        "monitoring:
+  admin: { listen: \"127.0.0.1:0\" }
+  health: { interval: 200ms }
+",
     )
 }
 

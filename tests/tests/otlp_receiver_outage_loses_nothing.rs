@@ -20,31 +20,18 @@ const BEFORE: u64 = 50;
 const DURING: u64 = 50;
 
 fn pipeline(receiver: &OtlpReceiver) -> String {
-    format!(
-        r#"
-plugins:
-  paths: ["{{{{plugins}}}}"]
-sources:
-  in: {{ type: zmq, socket: pull, bind: "{{{{endpoint}}}}" }}
-stages:
-  out:
-    plugin: otlp
-    inputs: [in]
-    config:
-      endpoint: "{endpoint}"
-      protocol: {protocol}
-      timeout: 1s
+    receiver.pipeline(
+        "      timeout: 1s
       sending:
         batch_size: 10
         max_delay: 20ms
-        retry: {{ initial_interval: 50ms, max_interval: 400ms, max_elapsed: 0s }}
-monitoring:
+        retry: { initial_interval: 50ms, max_interval: 400ms, max_elapsed: 0s }
+",
+        "monitoring:
   mode: direct
-  admin: {{ listen: "127.0.0.1:0" }}
-  health: {{ interval: 200ms, timeout: 1s }}
-"#,
-        endpoint = receiver.endpoint(),
-        protocol = receiver.protocol.name(),
+  admin: { listen: \"127.0.0.1:0\" }
+  health: { interval: 200ms, timeout: 1s }
+",
     )
 }
 

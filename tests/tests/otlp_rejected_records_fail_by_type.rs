@@ -12,24 +12,11 @@ const REJECTED: u64 = 30;
 const ACCEPTED: u64 = 10;
 
 fn pipeline(receiver: &OtlpReceiver) -> String {
-    format!(
-        r#"
-plugins:
-  paths: ["{{{{plugins}}}}"]
-sources:
-  in: {{ type: zmq, socket: pull, bind: "{{{{endpoint}}}}" }}
-stages:
-  out:
-    plugin: otlp
-    inputs: [in]
-    config:
-      endpoint: "{endpoint}"
-      protocol: {protocol}
-      compression: none
-      sending: {{ batch_size: 8, max_delay: 20ms }}
-"#,
-        endpoint = receiver.endpoint(),
-        protocol = receiver.protocol.name(),
+    receiver.pipeline(
+        "      compression: none
+      sending: { batch_size: 8, max_delay: 20ms }
+",
+        "",
     )
 }
 

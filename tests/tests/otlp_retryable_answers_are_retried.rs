@@ -23,28 +23,17 @@ const TOO_SLOW: Duration = Duration::from_secs(1);
 const LATE: u64 = 3;
 
 fn pipeline(receiver: &OtlpReceiver) -> String {
-    format!(
-        r#"
-plugins:
-  paths: ["{{{{plugins}}}}"]
-sources:
-  in: {{ type: zmq, socket: pull, bind: "{{{{endpoint}}}}" }}
-stages:
-  out:
-    plugin: otlp
-    inputs: [in]
-    config:
-      endpoint: "{endpoint}"
-      protocol: {protocol}
-      timeout: {timeout}ms
+    receiver.pipeline(
+        &format!(
+            "      timeout: {timeout}ms
       sending:
         batch_size: {BATCH_SIZE}
         max_delay: 20ms
         retry: {{ initial_interval: 20ms, max_interval: 200ms, max_elapsed: 0s }}
-"#,
-        endpoint = receiver.endpoint(),
-        protocol = receiver.protocol.name(),
-        timeout = TIMEOUT.as_millis(),
+",
+            timeout = TIMEOUT.as_millis(),
+        ),
+        "",
     )
 }
 

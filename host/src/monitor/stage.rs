@@ -88,10 +88,6 @@ pub struct Counts {
 }
 
 impl Counts {
-    fn bump(map: &mut BTreeMap<String, u64>, key: &str, n: u64) {
-        count_bounded(map, key, n);
-    }
-
     fn apply(&mut self, outcome: &CallOutcome<'_>) {
         self.calls += 1;
         match outcome {
@@ -104,14 +100,14 @@ impl Counts {
                 self.records_out += *records_out as u64;
                 self.records_failed += failures.len() as u64;
                 for f in failures.iter() {
-                    Self::bump(&mut self.errors_by_type, f.error().kind(), 1);
+                    count_bounded(&mut self.errors_by_type, f.error().kind(), 1);
                 }
             }
             CallOutcome::Error { records_in, error } => {
                 self.errors += 1;
                 self.records_in += *records_in as u64;
                 self.records_failed += *records_in as u64;
-                Self::bump(&mut self.errors_by_type, error.kind(), 1);
+                count_bounded(&mut self.errors_by_type, error.kind(), 1);
             }
         }
     }
@@ -233,7 +229,7 @@ impl StageStats {
         let s = &mut *guard;
         for c in [&mut s.total, &mut s.window] {
             c.records_failed += n;
-            Counts::bump(&mut c.errors_by_type, error_type, n);
+            count_bounded(&mut c.errors_by_type, error_type, n);
         }
     }
 
@@ -243,7 +239,7 @@ impl StageStats {
         let s = &mut *guard;
         for c in [&mut s.total, &mut s.window] {
             c.errors += 1;
-            Counts::bump(&mut c.errors_by_type, error.kind(), 1);
+            count_bounded(&mut c.errors_by_type, error.kind(), 1);
         }
     }
 
@@ -271,8 +267,8 @@ impl StageStats {
         let mut guard = lock(&self.state);
         let s = &mut *guard;
         for (t, n) in tally.iter() {
-            Counts::bump(&mut s.total.data_types, t, *n);
-            Counts::bump(&mut s.window.data_types, t, *n);
+            count_bounded(&mut s.total.data_types, t, *n);
+            count_bounded(&mut s.window.data_types, t, *n);
         }
     }
 

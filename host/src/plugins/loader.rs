@@ -609,8 +609,8 @@ fn check_loaded<'data, R: ReadRef<'data>>(
         let what = || format!("{kind:?} segment {i}");
         match kind {
             elf::PT_DYNAMIC => {
-                image.locate(what, addr, len, Access::Read)?;
-                check_dynamic(data, endian, &image, addr, len)?;
+                let at = image.locate(what, addr, len, Access::Read)?;
+                check_dynamic(data, endian, &image, at, len)?;
             }
             elf::PT_PHDR
             | elf::PT_NOTE
@@ -627,7 +627,7 @@ fn check_loaded<'data, R: ReadRef<'data>>(
     Ok(())
 }
 
-/// Checks the dynamic section at address `addr` (`len` bytes), as glibc's loader reads it
+/// Checks the dynamic section at file offset `at` (`len` bytes), as glibc's loader reads it
 /// before any of the library's code runs: it ends (a `DT_NULL` entry) within those bytes;
 /// every table it points to lies in the file's bytes of a loadable segment, with room for the
 /// size it gives (the header's, for a table that gives its own size); the tags glibc reads
@@ -637,12 +637,11 @@ fn check_dynamic<'data, R: ReadRef<'data>>(
     data: R,
     endian: Endianness,
     image: &Image,
-    addr: u64,
+    at: u64,
     len: u64,
 ) -> Result<(), ElfError> {
     type Entry = <HostElf as FileHeader>::Dyn;
     let unreadable = || corrupt("the dynamic section cannot be read");
-    let at = image.locate(|| "the dynamic section".into(), addr, len, Access::Read)?;
     let count = usize::try_from(len / size_of::<Entry>() as u64).map_err(|_| unreadable())?;
     let entries: &[Entry] = data.read_slice_at(at, count).map_err(|()| unreadable())?;
     let end = entries
@@ -1380,20 +1379,26 @@ mod tests {
     }
 
     #[cfg(target_pointer_width = "64")]
-    /// `lib` with the value of its first dynamic entry `tag` set to `value` (64-bit layout).
-    fn with_dynamic(lib: &[u8], tag: elf::DynamicTag, value: u64) -> Vec<u8> {
+    /// The file offset of the value of `lib`'s first dynamic entry `tag` (64-bit layout: a
+    /// tag and a value of 8 bytes each).
+    fn dynamic_value_at(lib: &[u8], tag: elf::DynamicTag) -> usize {
         let (start, index) = dynamic_entry(lib, tag);
-        let at = start + index * 16 + 8;
+        start + index * 16 + 8
+    }
+
+    #[cfg(target_pointer_width = "64")]
+    /// `lib` with the value of its first dynamic entry `tag` set to `value`.
+    fn with_dynamic(lib: &[u8], tag: elf::DynamicTag, value: u64) -> Vec<u8> {
+        let at = dynamic_value_at(lib, tag);
         let mut copy = lib.to_vec();
         copy[at..at + 8].copy_from_slice(&value.to_ne_bytes());
         copy
     }
 
     #[cfg(target_pointer_width = "64")]
-    /// The value of `lib`'s first dynamic entry `tag` (64-bit layout).
+    /// The value of `lib`'s first dynamic entry `tag`.
     fn dynamic_value(lib: &[u8], tag: elf::DynamicTag) -> u64 {
-        let (start, index) = dynamic_entry(lib, tag);
-        let at = start + index * 16 + 8;
+        let at = dynamic_value_at(lib, tag);
         u64::from_ne_bytes(lib[at..at + 8].try_into().unwrap())
     }
 

@@ -119,12 +119,15 @@ impl Loaded {
         tls
     }
 
-    /// rustls's settings for OTLP/HTTP.
-    pub fn http(&self) -> Result<rustls::ClientConfig, String> {
+    /// rustls's settings for OTLP/HTTP. The system's CA certificates are read only for an
+    /// `https://` endpoint: the connector of a plain one never uses them.
+    pub fn http(&self, https: bool) -> Result<rustls::ClientConfig, String> {
         let mut roots = rustls::RootCertStore::empty();
-        // The system's store; a certificate it holds that rustls cannot use is skipped.
-        let native = rustls_native_certs::load_native_certs();
-        roots.add_parsable_certificates(native.certs);
+        if https {
+            // A certificate in the system's store that rustls cannot use is skipped.
+            let native = rustls_native_certs::load_native_certs();
+            roots.add_parsable_certificates(native.certs);
+        }
         if let Some((_, certs)) = &self.ca {
             for cert in certs {
                 roots

@@ -123,7 +123,7 @@ impl Transport {
                 // `https://` goes through rustls; `http://` stays plain.
                 connector.enforce_http(false);
                 let connector = HttpsConnectorBuilder::new()
-                    .with_tls_config(tls.http()?)
+                    .with_tls_config(tls.http(https)?)
                     .https_or_http()
                     .enable_http1()
                     .wrap_connector(connector);
